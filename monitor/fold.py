@@ -1,0 +1,360 @@
+"""The fold: a pure function from (view, event) to view, so the view is a function of the log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from monitor.enums import CredentialStatus, EventType, Outcome, SyncStatus
+from monitor.events import (
+    BackfillProgressed,
+    BackfillStarted,
+    CollectionCompleted,
+    CredentialFailed,
+    Empty,
+    Envelope,
+    IncidentOpened,
+    IncidentResolved,
+    RateLimited,
+    RunFailed,
+    RunStarted,
+    RunSucceeded,
+    SyncFields,
+    event_type,
+)
+from monitor.patching import mask_secrets, merge_patch
+from monitor.views import (
+    Applied,
+    CollectionProgress,
+    CredentialProblem,
+    Incident,
+    LastRun,
+    ProviderView,
+    SyncView,
+)
+
+View = SyncView | ProviderView
+V = TypeVar("V", SyncView, ProviderView)
+
+# The fields a `sync.created` sets and a `sync.updated` patches (the seed's own fields).
+SEED_FIELDS = tuple(name for name in SyncFields.model_fields if name != "id")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an event sits in the log; views remember it so a replay is a no-op."""
+
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The view after one event and what the event did to it."""
+
+    view: View | None
+    outcome: Outcome
+
+
+def apply(view: View | None, event: Envelope, at: Position | None = None) -> View | None:
+    """The next view; the same one when the event is a duplicate, stale or ignored."""
+    return step(view, event, at).view
+
+
+def step(view: View | None, event: Envelope, at: Position | None = None) -> Step:
+    """Folds one event and says whether it was applied, a duplicate, stale or ignored."""
+    kind = event_type(event)
+    if kind is None:
+        return Step(view, Outcome.IGNORED)
+    if view is not None:
+        skip = _skip(view.applied, event, at)
+        if skip is not None:
+            return Step(view, skip)
+    if kind.is_provider_event:
+        pview = view if isinstance(view, ProviderView) else ProviderView(name=event.subject)
+        return Step(_record(_PROVIDER_HANDLERS[kind](pview, event), event, at), Outcome.APPLIED)
+    sview = view if isinstance(view, SyncView) else None
+    if sview is not None and sview.deleted and kind is not EventType.SYNC_CREATED:
+        return Step(view, Outcome.IGNORED)
+    if sview is None:
+        sview = SyncView(id=event.subject, known=False)
+    new = _SYNC_HANDLERS[kind](sview, event)
+    return Step(_record(new, event, at), Outcome.APPLIED)
+
+
+def _skip(applied: Applied, event: Envelope, at: Position | None) -> Outcome | None:
+    if at is not None and applied.replayed(at.partition, at.offset):
+        return Outcome.DUPLICATE
+    if applied.seen(event.id):
+        return Outcome.DUPLICATE
+    if applied.stale(event.sequence):
+        return Outcome.STALE
+    return None
+
+
+def _record(view: V, event: Envelope, at: Position | None) -> V:
+    applied = view.applied.record(
+        event.id,
+        event.sequence,
+        at.partition if at else None,
+        at.offset if at else None,
+    )
+    return view.model_copy(update={"applied": applied, "last_event_at": event.time})
+
+
+def _data(event: Envelope) -> Any:
+    return event.data  # type: ignore[attr-defined]
+
+
+# -- sync events -------------------------------------------------------------------------
+
+
+def _seed_fields(view: SyncView) -> dict[str, Any]:
+    return view.model_dump(mode="json", include=set(SEED_FIELDS), exclude_none=True)
+
+
+def _with_fields(
+    view: SyncView, fields: SyncFields, time: datetime, updated_at: datetime | None
+) -> SyncView:
+    values = {name: getattr(fields, name) for name in SEED_FIELDS}
+    values["collection_ids"] = tuple(fields.collection_ids)
+    values["credential"] = mask_secrets(fields.credential)
+    values["created_at"] = fields.created_at or view.created_at or time
+    values["updated_at"] = updated_at or time
+    if fields.status is not view.status:
+        values["status_changed_at"] = time
+    return view.model_copy(update=values)
+
+
+def _created(view: SyncView, event: Envelope) -> SyncView:
+    fields: SyncFields = _data(event)
+    if view.deleted:
+        view = SyncView(id=view.id, applied=view.applied)
+    view = view.model_copy(update={"known": True})
+    view = _with_fields(view, fields, event.time, fields.updated_at)
+    return _complete_backfill(view, event.time)
+
+
+def _updated(view: SyncView, event: Envelope) -> SyncView:
+    patch: dict[str, Any] = _data(event)
+    try:
+        fields = SyncFields.model_validate(merge_patch(_seed_fields(view), patch))
+    except ValidationError:
+        # Decoding validates every patch, so this only guards a view that predates a rule.
+        return view
+    updated_at = fields.updated_at if "updated_at" in patch else None
+    return _complete_backfill(_with_fields(view, fields, event.time, updated_at), event.time)
+
+
+def _disabled(view: SyncView, event: Envelope) -> SyncView:
+    data: Empty = _data(event)
+    changed = view.status is not SyncStatus.DISABLED
+    return view.model_copy(
+        update={
+            "status": SyncStatus.DISABLED,
+            "disabled_reason": data.reason,
+            "status_changed_at": event.time if changed else view.status_changed_at,
+        }
+    )
+
+
+def _enabled(view: SyncView, event: Envelope) -> SyncView:
+    changed = view.status is not SyncStatus.ACTIVE
+    return view.model_copy(
+        update={
+            "status": SyncStatus.ACTIVE,
+            "disabled_reason": None,
+            "status_changed_at": event.time if changed else view.status_changed_at,
+        }
+    )
+
+
+def _deleted(view: SyncView, event: Envelope) -> SyncView:
+    return SyncView(id=view.id, deleted_at=event.time, applied=view.applied)
+
+
+def _activity(view: SyncView, time: datetime, **update: Any) -> SyncView:
+    update.setdefault("first_activity_at", view.first_activity_at or time)
+    return view.model_copy(update=update)
+
+
+def _run_started(view: SyncView, event: Envelope) -> SyncView:
+    data: RunStarted = _data(event)
+    return _activity(view, event.time, last_run=LastRun(run_id=data.run_id, started_at=event.time))
+
+
+def _run_of(view: SyncView, run_id: str) -> LastRun:
+    if view.last_run is not None and view.last_run.run_id == run_id:
+        return view.last_run
+    return LastRun(run_id=run_id)
+
+
+def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
+    data: RunSucceeded = _data(event)
+    run = _run_of(view, data.run_id).model_copy(
+        update={
+            "finished_at": event.time,
+            "succeeded": True,
+            "records_upserted": data.records_upserted,
+            "records_deleted": data.records_deleted,
+            "duration_ms": data.duration_ms,
+            "error": None,
+        }
+    )
+    return _activity(
+        view,
+        event.time,
+        last_run=run,
+        last_success_at=event.time,
+        consecutive_failures=0,
+        runs_succeeded=view.runs_succeeded + 1,
+    )
+
+
+def _run_failed(view: SyncView, event: Envelope) -> SyncView:
+    data: RunFailed = _data(event)
+    run = _run_of(view, data.run_id).model_copy(
+        update={"finished_at": event.time, "succeeded": False, "error": data.error}
+    )
+    return _activity(
+        view,
+        event.time,
+        last_run=run,
+        last_failure_at=event.time,
+        consecutive_failures=view.consecutive_failures + 1,
+        runs_failed=view.runs_failed + 1,
+    )
+
+
+def _credential_failed(view: SyncView, event: Envelope) -> SyncView:
+    data: CredentialFailed = _data(event)
+    return view.model_copy(
+        update={
+            "credential_status": CredentialStatus.FAILED,
+            "credential_failed_at": event.time,
+            "credential_problem": CredentialProblem(
+                http_status=data.http_status, message=data.message
+            ),
+        }
+    )
+
+
+def _credential_recovered(view: SyncView, event: Envelope) -> SyncView:
+    return view.model_copy(
+        update={"credential_status": CredentialStatus.VALID, "credential_problem": None}
+    )
+
+
+def _rate_limited(view: SyncView, event: Envelope) -> SyncView:
+    data: RateLimited = _data(event)
+    return view.model_copy(
+        update={
+            "last_rate_limited_at": event.time,
+            "retry_after_seconds": float(data.retry_after_seconds),
+        }
+    )
+
+
+def _backfill_started(view: SyncView, event: Envelope) -> SyncView:
+    data: BackfillStarted = _data(event)
+    ids = data.collection_ids if data.collection_ids is not None else view.collection_ids
+    backfill = {**view.backfill, **{cid: CollectionProgress() for cid in ids}}
+    return _activity(
+        view,
+        event.time,
+        backfill=backfill,
+        backfill_started_at=event.time,
+        last_backfill_event_at=event.time,
+    )
+
+
+def _progress(view: SyncView, collection_id: str) -> CollectionProgress:
+    return view.backfill.get(collection_id) or CollectionProgress()
+
+
+def _backfill_progressed(view: SyncView, event: Envelope) -> SyncView:
+    data: BackfillProgressed = _data(event)
+    old = _progress(view, data.collection_id)
+    new = old.model_copy(
+        update={
+            "records_synced": data.records_synced,
+            "estimated_total": data.estimated_total
+            if data.estimated_total is not None
+            else old.estimated_total,
+        }
+    )
+    return _activity(
+        view,
+        event.time,
+        backfill={**view.backfill, data.collection_id: new},
+        last_backfill_event_at=event.time,
+    )
+
+
+def _collection_completed(view: SyncView, event: Envelope) -> SyncView:
+    data: CollectionCompleted = _data(event)
+    new = _progress(view, data.collection_id).model_copy(
+        update={"records_synced": data.records_synced, "completed_at": event.time}
+    )
+    view = _activity(
+        view,
+        event.time,
+        backfill={**view.backfill, data.collection_id: new},
+        last_backfill_event_at=event.time,
+    )
+    return _complete_backfill(view, event.time)
+
+
+def _complete_backfill(view: SyncView, time: datetime) -> SyncView:
+    """Sets `initial_backfill_completed_at` once, when the last required collection completes."""
+    if view.initial_backfill_completed_at is not None:
+        return view
+    required = set(view.collection_ids) or set(view.backfill)
+    if not required or any(
+        (p := view.backfill.get(cid)) is None or p.completed_at is None for cid in required
+    ):
+        return view
+    return view.model_copy(update={"initial_backfill_completed_at": time})
+
+
+_SYNC_HANDLERS: dict[EventType, Callable[[SyncView, Envelope], SyncView]] = {
+    EventType.SYNC_CREATED: _created,
+    EventType.SYNC_UPDATED: _updated,
+    EventType.SYNC_DISABLED: _disabled,
+    EventType.SYNC_ENABLED: _enabled,
+    EventType.SYNC_DELETED: _deleted,
+    EventType.RUN_STARTED: _run_started,
+    EventType.RUN_SUCCEEDED: _run_succeeded,
+    EventType.RUN_FAILED: _run_failed,
+    EventType.CREDENTIAL_FAILED: _credential_failed,
+    EventType.CREDENTIAL_RECOVERED: _credential_recovered,
+    EventType.RATE_LIMITED: _rate_limited,
+    EventType.BACKFILL_STARTED: _backfill_started,
+    EventType.BACKFILL_PROGRESSED: _backfill_progressed,
+    EventType.BACKFILL_COLLECTION_COMPLETED: _collection_completed,
+}
+
+
+# -- provider events ---------------------------------------------------------------------
+
+
+def _incident_opened(view: ProviderView, event: Envelope) -> ProviderView:
+    data: IncidentOpened = _data(event)
+    incident = Incident(incident_id=data.incident_id, opened_at=event.time, notes=tuple(data.notes))
+    return view.model_copy(update={"incidents": {**view.incidents, data.incident_id: incident}})
+
+
+def _incident_resolved(view: ProviderView, event: Envelope) -> ProviderView:
+    data: IncidentResolved = _data(event)
+    incidents = {k: v for k, v in view.incidents.items() if k != data.incident_id}
+    return view.model_copy(update={"incidents": incidents})
+
+
+_PROVIDER_HANDLERS: dict[EventType, Callable[[ProviderView, Envelope], ProviderView]] = {
+    EventType.PROVIDER_INCIDENT_OPENED: _incident_opened,
+    EventType.PROVIDER_INCIDENT_RESOLVED: _incident_resolved,
+}

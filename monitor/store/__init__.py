@@ -1,0 +1,1 @@
+"""Redis storage: one module per key family, every key under the configured prefix."""

@@ -1,0 +1,154 @@
+"""The materialized views: what syncmon remembers of each sync and each provider."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.enums import CredentialStatus, SyncStatus
+from monitor.events import RateLimit, RunError
+
+RECENT_EVENT_IDS = 16
+
+
+class _Model(BaseModel):
+    """Views are values: the fold returns new ones and never mutates."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Applied(_Model):
+    """What a view has already absorbed, so a replay or duplicate is recognised from the data."""
+
+    sequence: int | None = None
+    event_ids: tuple[str, ...] = ()
+    offsets: dict[int, int] = Field(default_factory=dict)
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self.event_ids
+
+    def replayed(self, partition: int, offset: int) -> bool:
+        last = self.offsets.get(partition)
+        return last is not None and offset <= last
+
+    def stale(self, sequence: int | None) -> bool:
+        return sequence is not None and self.sequence is not None and sequence <= self.sequence
+
+    def record(
+        self, event_id: str, sequence: int | None, partition: int | None, offset: int | None
+    ) -> Applied:
+        offsets = self.offsets
+        if partition is not None and offset is not None:
+            offsets = {**offsets, partition: offset}
+        return Applied(
+            sequence=sequence if sequence is not None else self.sequence,
+            event_ids=(*self.event_ids, event_id)[-RECENT_EVENT_IDS:],
+            offsets=offsets,
+        )
+
+
+class CollectionProgress(_Model):
+    """Backfill progress of one collection."""
+
+    records_synced: int = 0
+    estimated_total: int | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.completed_at is not None:
+            return 1.0
+        if not self.estimated_total:
+            return None
+        return min(1.0, self.records_synced / self.estimated_total)
+
+
+class LastRun(_Model):
+    """The most recent run, as its events told it."""
+
+    run_id: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    succeeded: bool | None = None
+    records_upserted: int | None = None
+    records_deleted: int | None = None
+    duration_ms: int | None = None
+    error: RunError | None = None
+
+
+class CredentialProblem(_Model):
+    """Why the credential last failed."""
+
+    http_status: int | None = None
+    message: str = ""
+
+
+class SyncView(_Model):
+    """One sync: the seed's fields plus every fact the health rules read."""
+
+    id: str
+    provider: str | None = None
+    stream_id: str | None = None
+    name: str | None = None
+    status: SyncStatus = SyncStatus.ACTIVE
+    org_id: str | None = None
+    collection_ids: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+    credential_id: str | None = None
+    credential: dict[str, Any] | None = None
+    max_age_days: int | None = None
+    sync_frequency: str = "continuous"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    initial_backfill_completed_at: datetime | None = None
+
+    known: bool = True  # False while only events before `sync.created` have been seen
+    disabled_reason: str | None = None
+    status_changed_at: datetime | None = None
+    last_event_at: datetime | None = None
+    first_activity_at: datetime | None = None
+    last_run: LastRun | None = None
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    consecutive_failures: int = 0
+    runs_succeeded: int = 0
+    runs_failed: int = 0
+    credential_status: CredentialStatus = CredentialStatus.VALID
+    credential_failed_at: datetime | None = None
+    credential_problem: CredentialProblem | None = None
+    last_rate_limited_at: datetime | None = None
+    retry_after_seconds: float | None = None
+    backfill_started_at: datetime | None = None
+    last_backfill_event_at: datetime | None = None
+    backfill: dict[str, CollectionProgress] = Field(default_factory=dict)
+    deleted_at: datetime | None = None
+
+    applied: Applied = Field(default_factory=Applied)
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def backfill_complete(self) -> bool:
+        return self.initial_backfill_completed_at is not None
+
+
+class Incident(_Model):
+    """An open provider incident."""
+
+    incident_id: str
+    opened_at: datetime
+    notes: tuple[str, ...] = ()
+
+
+class ProviderView(_Model):
+    """One provider: its open incidents, which every sync of that provider shares."""
+
+    name: str
+    incidents: dict[str, Incident] = Field(default_factory=dict)
+    last_event_at: datetime | None = None
+    applied: Applied = Field(default_factory=Applied)
