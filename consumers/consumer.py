@@ -1,0 +1,228 @@
+"""The Kafka consumer thread: poll, process, then commit, so Redis always leads the offsets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import MemberState, OffsetAndMetadata
+from redis import Redis
+from redis.exceptions import RedisError
+
+from consumers.decode import RawMessage
+from consumers.dlq import DeadLetterPublisher
+from consumers.kafka import ensure_topics, make_producer
+from consumers.processor import BatchResult, Processor
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ConsumerState:
+    """What /readyz and the metrics report about the consumer."""
+
+    started: bool = False
+    redis_ok: bool = False
+    kafka_ok: bool = False
+    batches: int = 0
+    events: int = 0
+    last_error: str | None = None
+
+
+class Backoff:
+    """Exponential backoff with a cap; waits on the stop event so shutdown is never delayed."""
+
+    def __init__(self, stop: threading.Event, cap: float, first: float = 0.1) -> None:
+        self.stop, self.cap, self.first, self.delay = stop, cap, first, first
+
+    def wait(self) -> None:
+        self.stop.wait(self.delay)
+        self.delay = min(self.cap, self.delay * 2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Processing is synchronous in the poll thread, so a revoke never finds a batch in flight."""
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class SyncConsumer:
+    """Runs the consume loop in a thread until `stop()`; retries Kafka and Redis forever."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.processor = Processor(redis, settings.redis_prefix, settings.kafka_topic)
+        self.on_batch = on_batch
+        self.state = ConsumerState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: KafkaConsumer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="syncmon-consumer", daemon=True)
+        self._thread.start()
+        self.state.started = True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finishes the batch in hand, commits it and leaves the group."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def in_group(self) -> bool:
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            stable = consumer.group_metadata().state == MemberState.STABLE
+            return bool(stable and not consumer._coordinator.coordinator_unknown())
+        except Exception:  # a snapshot of a closing consumer
+            return False
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff(self._stop, self.settings.retry_max_seconds)
+        while not self._stop.is_set():
+            try:
+                self._session()
+                return
+            except _Abandoned:
+                return
+            except KafkaError as exc:
+                self.state.kafka_ok = False
+                self.state.last_error = f"kafka: {exc}"
+                log.warning("kafka unavailable (%s); retrying in %.1fs", exc, backoff.delay)
+                backoff.wait()
+            except Exception:
+                log.exception("consumer crashed; restarting in %.1fs", backoff.delay)
+                backoff.wait()
+
+    def _session(self) -> None:
+        s = self.settings
+        security = s.kafka_security()
+        if s.kafka_create_topics:
+            ensure_topics(
+                s.kafka_bootstrap_servers,
+                {
+                    s.kafka_topic: s.kafka_topic_partitions,
+                    s.kafka_dlq_topic: s.kafka_topic_partitions,
+                },
+                security,
+            )
+        consumer = KafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.kafka_group_id,
+            client_id="syncmon",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(500, s.kafka_session_timeout_ms // 5),
+            max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+            max_poll_records=s.kafka_max_batch,
+            fetch_max_wait_ms=min(500, s.kafka_poll_timeout_ms),
+            **security,
+        )
+        self._consumer = consumer
+        dlq = DeadLetterPublisher(
+            make_producer(s.kafka_bootstrap_servers, security), s.kafka_dlq_topic
+        )
+        try:
+            consumer.subscribe([s.kafka_topic], listener=_Listener())
+            self.state.kafka_ok = True
+            while not self._stop.is_set():
+                records = consumer.poll(
+                    timeout_ms=s.kafka_poll_timeout_ms, max_records=s.kafka_max_batch
+                )
+                self.state.kafka_ok = True
+                messages = [
+                    RawMessage(
+                        r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or [])
+                    )
+                    for batch in records.values()
+                    for r in batch
+                ]
+                if messages:
+                    self._handle(consumer, dlq, messages)
+        finally:
+            self._consumer = None
+            dlq.producer.close(timeout=5)
+            consumer.close(autocommit=False, timeout_ms=5000)
+            log.info("consumer closed and left group %s", s.kafka_group_id)
+
+    def _handle(
+        self, consumer: KafkaConsumer, dlq: DeadLetterPublisher, messages: list[RawMessage]
+    ) -> None:
+        """Writes the batch (retrying until Redis takes it) and then commits its offsets."""
+        backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
+        while True:
+            try:
+                prepared = self.processor.prepare(messages)
+                if prepared.dead:
+                    dlq.publish(prepared.dead)
+                result = self.processor.write(prepared)
+                self.state.redis_ok = True
+                break
+            except RedisError as exc:
+                self.state.redis_ok = False
+                self.state.last_error = f"redis: {exc}"
+                if self._stop.is_set():
+                    log.warning("stopping with an unwritten batch; its offsets stay uncommitted")
+                    raise _Abandoned from exc
+                log.warning("redis unavailable (%s); retrying batch in %.1fs", exc, backoff.delay)
+                backoff.wait()
+        self._commit(consumer, result)
+        self.state.batches += 1
+        self.state.events += len(messages)
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _commit(self, consumer: KafkaConsumer, result: BatchResult) -> None:
+        offsets = {
+            TopicPartition(self.settings.kafka_topic, p): OffsetAndMetadata(o, "", -1)
+            for p, o in result.commit_offsets.items()
+        }
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # Lost the partition in a rebalance; the Redis fences already hold the truth.
+            log.warning("offset commit failed after rebalance: %s", exc)
+
+
+class _Abandoned(Exception):
+    """Shutdown arrived while Redis was down: leave without committing."""
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Polls a condition; for start-up checks and tests."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,56 @@
+"""kafka-python plumbing shared by the consumer, the dead-letter producer and the tools."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    security: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Creates each missing topic with its partition count and waits until it is listed."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="syncmon-admin", **(security or {})
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing)
+                log.info("created topics %s", ", ".join(t.name for t in missing))
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout
+        while not set(topics) <= set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {sorted(topics)} not listed after {timeout}s")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+
+
+def make_producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> KafkaProducer:
+    """A producer that waits for every replica: dead letters and health events must not drop."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        retries=5,
+        linger_ms=5,
+        client_id="syncmon",
+        **(security or {}),
+    )

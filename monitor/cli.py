@@ -1,0 +1,114 @@
+"""`syncmon run | dev | simulate`: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from monitor.settings import Settings, load_settings
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def serve(settings: Settings) -> None:
+    """Runs consumer, scheduler and HTTP in this process until SIGTERM or Ctrl-C."""
+    from monitor.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    serve(settings)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from consumers.kafka import ensure_topics
+    from monitor import simulate
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    bootstrap = args.bootstrap or settings.kafka_bootstrap_servers
+    topic = args.topic or settings.kafka_topic
+    if args.create_topic:
+        ensure_topics(
+            bootstrap, {topic: settings.kafka_topic_partitions}, settings.kafka_security()
+        )
+    sent = simulate.run(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        syncs=args.syncs,
+        rate=args.rate,
+        seed=args.seed,
+        duration=args.duration,
+        max_events=args.max_events,
+        binary_ratio=args.binary_ratio,
+        stop=None,
+    )
+    print(f"sent {sent} events to {topic} on {bootstrap}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from monitor.dev import run_dev
+
+    return run_dev(syncs=args.syncs, rate=args.rate, port=args.port, seed=args.seed)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncmon", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume, evaluate and serve (settings from SYNCMON_*)")
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("simulate", help="produce realistic lifecycle events to a broker")
+    sim.add_argument("--bootstrap", help="default: SYNCMON_KAFKA_BOOTSTRAP_SERVERS")
+    sim.add_argument("--topic", help="default: SYNCMON_KAFKA_TOPIC")
+    sim.add_argument("--syncs", type=int, default=50, help="number of simulated syncs")
+    sim.add_argument("--rate", type=float, default=20.0, help="events per second at most")
+    sim.add_argument("--seed", type=int, default=None, help="for a reproducible fleet")
+    sim.add_argument("--duration", type=float, default=None, help="seconds, default: forever")
+    sim.add_argument("--max-events", type=int, default=None)
+    sim.add_argument("--binary-ratio", type=float, default=0.1, help="share in binary mode")
+    sim.add_argument(
+        "--no-create-topic", dest="create_topic", action="store_false", help="topic exists"
+    )
+    sim.set_defaults(func=cmd_simulate)
+
+    dev = sub.add_parser("dev", help="everything local: broker, Redis, simulator, syncmon")
+    dev.add_argument("--syncs", type=int, default=40)
+    dev.add_argument("--rate", type=float, default=30.0)
+    dev.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
+    dev.add_argument("--seed", type=int, default=None)
+    dev.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The HTTP shapes: the seed's sync object, extended with what syncmon knows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
+from monitor.events import RateLimit
+from monitor.health import Check, Health
+from monitor.views import LastRun, SyncView
+
+
+class HealthOut(BaseModel):
+    """The seed's health object (`status`, `sync_id`) plus when it was last evaluated."""
+
+    status: HealthStatus
+    sync_id: str
+    evaluated_at: datetime | None = None
+
+
+class HealthDetail(HealthOut):
+    """`/v1/syncs/{id}/health`: one entry per check."""
+
+    checks: list[Check] = Field(default_factory=list)
+
+
+class CollectionOut(BaseModel):
+    collection_id: str
+    records_synced: int
+    estimated_total: int | None
+    ratio: float | None
+    completed_at: datetime | None
+
+
+class BackfillOut(BaseModel):
+    started_at: datetime | None
+    last_event_at: datetime | None
+    completed_at: datetime | None
+    collections: list[CollectionOut]
+
+
+class SyncOut(BaseModel):
+    """Every field of the seed's sync object, same names; then syncmon's own facts."""
+
+    id: str
+    provider: str | None
+    stream_id: str | None
+    name: str | None
+    status: SyncStatus
+    org_id: str | None
+    health: HealthOut
+    collection_ids: list[str]
+    rate_limit: RateLimit | None
+    credential_id: str | None
+    credential: dict[str, Any] | None
+    max_age_days: int | None
+    sync_frequency: str
+    initial_backfill_completed_at: datetime | None
+    metadata: dict[str, Any]
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    disabled_reason: str | None
+    last_event_at: datetime | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    consecutive_failures: int
+    last_run: LastRun | None
+    credential_status: CredentialStatus
+    last_rate_limited_at: datetime | None
+    backfill: BackfillOut
+
+
+class SyncPage(BaseModel):
+    data: list[SyncOut]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+def sync_out(view: SyncView, health: Health) -> SyncOut:
+    """The API shape of a stored view and its health."""
+    collections = [
+        CollectionOut(
+            collection_id=cid,
+            records_synced=p.records_synced,
+            estimated_total=p.estimated_total,
+            ratio=p.ratio,
+            completed_at=p.completed_at,
+        )
+        for cid, p in sorted(view.backfill.items())
+    ]
+    return SyncOut(
+        id=view.id,
+        provider=view.provider,
+        stream_id=view.stream_id,
+        name=view.name,
+        status=view.status,
+        org_id=view.org_id,
+        health=HealthOut(status=health.status, sync_id=view.id, evaluated_at=health.evaluated_at),
+        collection_ids=list(view.collection_ids),
+        rate_limit=view.rate_limit,
+        credential_id=view.credential_id,
+        credential=view.credential,
+        max_age_days=view.max_age_days,
+        sync_frequency=view.sync_frequency,
+        initial_backfill_completed_at=view.initial_backfill_completed_at,
+        metadata=view.metadata,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+        disabled_reason=view.disabled_reason,
+        last_event_at=view.last_event_at,
+        last_success_at=view.last_success_at,
+        last_failure_at=view.last_failure_at,
+        consecutive_failures=view.consecutive_failures,
+        last_run=view.last_run,
+        credential_status=view.credential_status,
+        last_rate_limited_at=view.last_rate_limited_at,
+        backfill=BackfillOut(
+            started_at=view.backfill_started_at,
+            last_event_at=view.last_backfill_event_at,
+            completed_at=view.initial_backfill_completed_at,
+            collections=collections,
+        ),
+    )

@@ -1,0 +1,110 @@
+"""Builders for lifecycle events in tests: structured and binary CloudEvents as Kafka records."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def cloudevent(
+    type_: str,
+    subject: str,
+    data: Any = None,
+    *,
+    minute: float = 0,
+    sequence: int | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A structured-mode CloudEvent as a dict."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or f"evt-{next(_ids)}",
+        "source": "//tests",
+        "type": type_,
+        "time": (T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z"),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": {} if data is None else data,
+    }
+    if sequence is not None:
+        event["sequence"] = sequence
+    return event
+
+
+def encode(event: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a structured-mode record."""
+    return event["subject"].encode(), json.dumps(event).encode(), []
+
+
+def encode_binary(event: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a binary-mode record: attributes in ce_ headers."""
+    headers = [
+        (f"ce_{k}", str(v).encode())
+        for k, v in event.items()
+        if k not in ("data", "datacontenttype")
+    ]
+    headers.append(("content-type", b"application/json"))
+    return event["subject"].encode(), json.dumps(event["data"]).encode(), headers
+
+
+def sync_created(sync_id: str, provider: str = "stripe", **fields: Any) -> dict[str, Any]:
+    """The data of a `sync.created`, seed-shaped, with a raw secret the monitor must mask."""
+    data: dict[str, Any] = {
+        "provider": provider,
+        "stream_id": f"stream-{sync_id}",
+        "name": f"Choam Corp - {provider} {sync_id}",
+        "status": "active",
+        "org_id": fields.pop("org_id", "org-1"),
+        "collection_ids": [f"{provider}:customer", f"{provider}:invoice"],
+        "rate_limit": {"allowed_requests": 1000, "interval": 60, "max_concurrent_requests": 0},
+        "credential_id": f"cred-{sync_id}",
+        "credential": {
+            "id": f"cred-{sync_id}",
+            "provider": provider,
+            "properties": {"kind": "stripe_key", "secret": "sk_live_PLANTED_SECRET", "test": True},
+            "oauth_app_id": None,
+            "metadata": {"custom_credential_property": 42},
+        },
+        "max_age_days": 365,
+        "sync_frequency": "continuous",
+        "metadata": {"custom_property": 42},
+    }
+    data.update(fields)
+    return data
+
+
+def lifecycle(sync_id: str, provider: str = "stripe", start: float = 0) -> list[dict[str, Any]]:
+    """A sync's whole healthy start: created, backfilled, one run."""
+    created = sync_created(sync_id, provider)
+    cols = created["collection_ids"]
+    events = [cloudevent("sync.created", sync_id, created, minute=start, sequence=1)]
+    events.append(cloudevent("sync.backfill.started", sync_id, {}, minute=start + 1, sequence=2))
+    for i, c in enumerate(cols):
+        events.append(
+            cloudevent(
+                "sync.backfill.collection_completed",
+                sync_id,
+                {"collection_id": c, "records_synced": 100 * (i + 1)},
+                minute=start + 2 + i,
+                sequence=3 + i,
+            )
+        )
+    seq = 3 + len(cols)
+    events.append(
+        cloudevent("sync.run.started", sync_id, {"run_id": "r1"}, minute=start + 5, sequence=seq)
+    )
+    events.append(
+        cloudevent(
+            "sync.run.succeeded",
+            sync_id,
+            {"run_id": "r1", "records_upserted": 5, "records_deleted": 0, "duration_ms": 900},
+            minute=start + 6,
+            sequence=seq + 1,
+        )
+    )
+    return events

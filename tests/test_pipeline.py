@@ -1,0 +1,202 @@
+"""Events into the real broker, views out of the real API: the whole path, in one process."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from monitor.app import create_app
+from monitor.settings import Settings
+from tests.eventlib import cloudevent, encode, encode_binary, lifecycle
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def settings(topics: Any, redis_url: str) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=topics.bootstrap,
+        kafka_topic=topics.lifecycle,
+        kafka_dlq_topic=topics.dlq,
+        kafka_group_id=f"syncmon-{uuid.uuid4().hex[:6]}",
+        kafka_topic_partitions=topics.partitions,
+        kafka_session_timeout_ms=6000,
+        kafka_max_poll_interval_ms=10_000,
+        kafka_poll_timeout_ms=200,
+        redis_url=redis_url,
+        redis_prefix="it",
+        api_tokens=(TOKEN,),
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[Any]]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for key, value, headers in records:
+        producer.send(topic, key=key, value=value, headers=headers)
+    producer.flush()
+    producer.close()
+
+
+def wait_for(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s; last: {result!r}")
+        time.sleep(0.1)
+
+
+def test_events_in_api_out(settings: Settings, client: TestClient) -> None:
+    events = lifecycle("sync-a", "stripe") + lifecycle("sync-b", "hubspot")
+    records = [encode(e) if e["subject"] == "sync-a" else encode_binary(e) for e in events]
+    produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records)
+
+    def both_healthy() -> bool:
+        page = client.get("/v1/syncs", params={"health.status": "healthy"}, headers=AUTH).json()
+        return {s["id"] for s in page["data"]} == {"sync-a", "sync-b"}
+
+    wait_for(both_healthy)
+    body = client.get("/v1/syncs/sync-a", headers=AUTH).json()
+    seed_fields = {
+        "id", "provider", "stream_id", "name", "status", "org_id", "health", "collection_ids",
+        "rate_limit", "credential_id", "credential", "max_age_days", "sync_frequency",
+        "initial_backfill_completed_at", "metadata", "created_at", "updated_at",
+    }  # fmt: skip
+    assert seed_fields <= body.keys()
+    assert body["health"] == {
+        "status": "healthy",
+        "sync_id": "sync-a",
+        "evaluated_at": body["health"]["evaluated_at"],
+    }
+    assert body["credential"]["properties"]["secret"] == "***********"
+    assert body["created_at"] == "2026-01-01T00:00:00Z"
+    assert body["initial_backfill_completed_at"] == "2026-01-01T00:03:00Z"
+    assert body["rate_limit"] == {
+        "allowed_requests": 1000,
+        "interval": 60,
+        "max_concurrent_requests": 0,
+    }
+    assert body["backfill"]["collections"][0]["ratio"] == 1.0
+
+    binary = client.get("/v1/syncs/sync-b", headers=AUTH).json()
+    assert binary["provider"] == "hubspot" and binary["last_run"]["records_upserted"] == 5
+
+    # filters, pagination and errors
+    only = client.get("/v1/syncs", params={"provider": "hubspot"}, headers=AUTH).json()
+    assert [s["id"] for s in only["data"]] == ["sync-b"] and only["next_cursor"] is None
+    first = client.get("/v1/syncs", params={"limit": 1}, headers=AUTH).json()
+    assert [s["id"] for s in first["data"]] == ["sync-a"] and first["next_cursor"]
+    second = client.get(
+        "/v1/syncs", params={"limit": 1, "cursor": first["next_cursor"]}, headers=AUTH
+    ).json()
+    assert [s["id"] for s in second["data"]] == ["sync-b"] and second["next_cursor"] is None
+    combined = client.get(
+        "/v1/syncs",
+        params={"provider": "stripe", "org_id": "org-1", "status": "active"},
+        headers=AUTH,
+    ).json()
+    assert [s["id"] for s in combined["data"]] == ["sync-a"]
+
+    assert client.get("/v1/syncs/sync-a").status_code == 401
+    assert (
+        client.get("/v1/syncs/sync-a", headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
+    missing = client.get("/v1/syncs/nope", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    bad = client.get("/v1/syncs", params={"cursor": "%%%"}, headers=AUTH)
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert client.get("/v1/syncs", params={"limit": 100000}, headers=AUTH).status_code == 400
+    assert client.get("/healthz").status_code == 200
+    wait_for(lambda: client.get("/readyz").status_code == 200)
+    assert client.get("/openapi.json").json()["info"]["title"] == "syncmon"
+
+    # a disable shows as paused, a delete removes the sync from view, list and indexes
+    produce(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_topic,
+        [
+            encode(
+                cloudevent(
+                    "sync.disabled", "sync-a", {"reason": "customer request"}, minute=9, sequence=20
+                )
+            ),
+            encode(cloudevent("sync.deleted", "sync-b", {}, minute=9, sequence=20)),
+        ],
+    )
+    wait_for(lambda: client.get("/v1/syncs/sync-b", headers=AUTH).status_code == 404)
+    paused = wait_for(
+        lambda: (
+            (b := client.get("/v1/syncs/sync-a", headers=AUTH).json())["health"]["status"]
+            == "paused"
+            and b
+        )
+    )
+    assert paused["status"] == "disabled" and paused["disabled_reason"] == "customer request"
+    listed = client.get("/v1/syncs", headers=AUTH).json()
+    assert [s["id"] for s in listed["data"]] == ["sync-a"]
+    assert (
+        client.get("/v1/syncs", params={"health.status": "healthy"}, headers=AUTH).json()["data"]
+        == []
+    )
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, expected: int) -> list[Any]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    out: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(out) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            out.extend(batch)
+    consumer.close()
+    return out
+
+
+def test_poison_messages_go_to_the_dlq_and_the_stream_goes_on(
+    settings: Settings, client: TestClient
+) -> None:
+    good = lifecycle("sync-ok")
+    bad_json = (b"sync-x", b"{not json", [("trace", b"abc")])
+    bad_utf8 = (b"sync-x", b"\xff\xfe\x00", [])
+    missing_attr = encode(
+        {k: v for k, v in cloudevent("sync.created", "sync-x").items() if k != "time"}
+    )
+    wrong_type = encode(cloudevent("sync.run.succeeded", "sync-ok", {"run_id": 5}))
+    unknown = encode(cloudevent("sync.teleported", "sync-ok", {"to": "mars"}))
+    records = [*map(encode, good[:2]), bad_json, bad_utf8, missing_attr, wrong_type, unknown]
+    records += [encode(e) for e in good[2:]]
+    produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records)
+
+    wait_for(
+        lambda: (
+            client.get("/v1/syncs/sync-ok", headers=AUTH).json().get("health", {}).get("status")
+            == "healthy"
+        )
+    )
+    dead = read_topic(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic, 3, expected=4)
+    assert len(dead) == 4
+    by_value = {m.value: m for m in dead}
+    assert set(by_value) == {bad_json[1], bad_utf8[1], missing_attr[1], wrong_type[1]}
+    poisoned = by_value[bad_json[1]]
+    headers = dict(poisoned.headers)
+    assert poisoned.key == b"sync-x" and headers["trace"] == b"abc"
+    assert b"JSON" in headers["syncmon_error"]
+    assert (
+        int(headers["syncmon_source_offset"]) >= 0 and headers["syncmon_source_partition"].isdigit()
+    )
+    assert b"time" in dict(by_value[missing_attr[1]].headers)["syncmon_error"]
