@@ -102,7 +102,7 @@ def require_token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) ->
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 RT = Annotated[Runtime, Depends(runtime)]
-NOT_FOUND = {404: {"model": ErrorOut}, 401: {"model": ErrorOut}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 401: {"model": ErrorOut}}
 
 
 def _health_of(view: SyncView, stored: Health | None) -> Health:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -20,9 +22,18 @@ def configure_logging(level: str) -> None:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> None:
     """Runs consumer, scheduler and HTTP in this process until SIGTERM or Ctrl-C."""
     from monitor.app import create_app
+
+    # uvicorn shuts down gracefully, then re-raises the signal: that re-raise lands here,
+    # so a clean shutdown exits 0 instead of dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
 
     uvicorn.run(
         create_app(settings),

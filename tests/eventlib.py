@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,3 +109,66 @@ def lifecycle(sync_id: str, provider: str = "stripe", start: float = 0) -> list[
         )
     )
     return events
+
+
+def expected_fold(records: list[Any]) -> tuple[dict[str, Any], Counter[tuple[str, str]]]:
+    """The pure fold of records (RawMessage) in log order: the truth a live run must equal."""
+    from consumers.decode import DecodeError, decode, type_label
+    from monitor.fold import Position, step
+
+    views: dict[str, Any] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        try:
+            event = decode(r)
+        except DecodeError as exc:
+            counts[(exc.type_label, "invalid")] += 1
+            continue
+        key = ("provider:" if event.type.startswith("provider.") else "sync:") + event.subject
+        result = step(views.get(key), event, Position(r.partition, r.offset))
+        views[key] = result.view
+        counts[(type_label(event.type), result.outcome.value)] += 1
+    return views, counts
+
+
+def produce_records(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[Any]]]
+) -> list[Any]:
+    """Produces and returns each record as a RawMessage with the partition and offset it got."""
+    from kafka import KafkaProducer
+
+    from consumers.decode import RawMessage
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]
+    producer.flush()
+    out = []
+    for (k, v, h), f in zip(records, futures, strict=True):
+        md = f.get(timeout=30)
+        out.append(RawMessage(topic, md.partition, md.offset, k, v, list(h)))
+    producer.close()
+    return out
+
+
+def stored_state(
+    redis_url: str, prefix: str, keys: list[str]
+) -> tuple[dict[str, Any], Counter[tuple[str, str]]]:
+    """Views (as in expected_fold's keys) and event counters read back from Redis."""
+    import redis
+
+    from monitor.store.counters import EventCounters
+    from monitor.store.providers import ProviderViews
+    from monitor.store.syncs import SyncViews
+
+    client = redis.Redis.from_url(redis_url)
+    syncs, providers = SyncViews(prefix), ProviderViews(prefix)
+    views: dict[str, Any] = {}
+    for key in keys:
+        kind, _, name = key.partition(":")
+        if kind == "sync":
+            views[key] = syncs.get(client, name)
+        else:
+            views[key] = (providers.get_many(client, [name]) or [None])[0]
+    counts = Counter(EventCounters(prefix).read(client))
+    client.close()
+    return views, counts

@@ -1,0 +1,97 @@
+"""Crash safety: a monitor killed with SIGKILL mid-stream and restarted ends exactly right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from monitor.services import free_port
+from monitor.simulate import history
+from monitor.store.counters import EventCounters
+from tests.eventlib import expected_fold, produce_records, stored_state
+
+PREFIX = "crash"
+
+
+def start_monitor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", "run"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def counted(client: redis.Redis) -> int:
+    return sum(EventCounters(PREFIX).read(client).values())
+
+
+def test_kill_9_mid_stream_then_restart_gives_the_pure_fold(
+    topics: Any, redis_url: str, tmp_path: Path
+) -> None:
+    wire = history(
+        syncs=60, events=3000, seed=7, start=datetime(2026, 3, 1, tzinfo=UTC), step_seconds=2
+    )
+    records = [(m.key, m.value, m.headers) for m in wire]
+    records[100:100] = [(b"junk", b"\x00not an event", [])]  # a dead letter is counted once too
+    produced = produce_records(topics.bootstrap, topics.lifecycle, records)
+    port = free_port()
+    env = {
+        **os.environ,
+        "SYNCMON_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap,
+        "SYNCMON_KAFKA_TOPIC": topics.lifecycle,
+        "SYNCMON_KAFKA_DLQ_TOPIC": topics.dlq,
+        "SYNCMON_KAFKA_GROUP_ID": f"crash-{uuid.uuid4().hex[:6]}",
+        "SYNCMON_KAFKA_TOPIC_PARTITIONS": str(topics.partitions),
+        "SYNCMON_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "SYNCMON_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
+        "SYNCMON_KAFKA_MAX_BATCH": "50",
+        "SYNCMON_REDIS_URL": redis_url,
+        "SYNCMON_REDIS_PREFIX": PREFIX,
+        "SYNCMON_HTTP_PORT": str(port),
+    }
+    log = tmp_path / "monitor.log"
+    client = redis.Redis.from_url(redis_url)
+    total = len(records)
+    kills = 0
+    for threshold in (total // 4, total // 2):
+        proc = start_monitor(env, log)
+        deadline = time.monotonic() + 60
+        while counted(client) < threshold and time.monotonic() < deadline:
+            time.sleep(0.01)
+        now = counted(client)
+        assert threshold <= now < total, f"{now} of {total} counted: not mid-stream"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+
+    proc = start_monitor(env, log)
+    try:
+        deadline = time.monotonic() + 90
+        while counted(client) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counted(client) == total, log.read_text()[-3000:]
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+
+    expected_views, expected_counts = expected_fold(produced)
+    stored_views, stored_counts = stored_state(redis_url, PREFIX, list(expected_views))
+    assert kills == 2
+    assert stored_counts == expected_counts
+    mismatched = [k for k, v in expected_views.items() if stored_views[k] != v]
+    assert not mismatched, mismatched[:5]
+    assert len(expected_views) > 60  # every sync and provider was compared

@@ -1,0 +1,84 @@
+"""Redis unreachable mid-stream: the consumer waits, commits nothing it has not stored, loses nothing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from monitor.app import create_app
+from monitor.services import RedisServer
+from monitor.settings import Settings
+from monitor.simulate import history
+from monitor.store.counters import EventCounters
+from tests.eventlib import expected_fold, produce_records, stored_state
+
+PREFIX = "outage"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, since the test freezes it."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_redis_down_then_back_loses_nothing(topics: Any, own_redis: RedisServer) -> None:
+    wire = history(
+        syncs=30, events=1200, seed=11, start=datetime(2026, 4, 1, tzinfo=UTC), step_seconds=5
+    )
+    records = [(m.key, m.value, m.headers) for m in wire]
+    settings = Settings(
+        kafka_bootstrap_servers=topics.bootstrap,
+        kafka_topic=topics.lifecycle,
+        kafka_dlq_topic=topics.dlq,
+        kafka_group_id=f"outage-{uuid.uuid4().hex[:6]}",
+        kafka_topic_partitions=topics.partitions,
+        kafka_session_timeout_ms=6000,
+        kafka_max_poll_interval_ms=10_000,
+        kafka_max_batch=100,
+        kafka_poll_timeout_ms=200,
+        redis_url=own_redis.url,
+        redis_prefix=PREFIX,
+        retry_max_seconds=1.0,
+    )
+    probe = redis.Redis.from_url(own_redis.url, socket_timeout=2)
+
+    def counted() -> int:
+        return sum(EventCounters(PREFIX).read(probe).values())
+
+    with TestClient(create_app(settings)) as client:
+        first = produce_records(topics.bootstrap, topics.lifecycle, records[:600])
+        deadline = time.monotonic() + 60
+        while counted() < 600 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counted() == 600
+
+        own_redis.pause()
+        try:
+            second = produce_records(topics.bootstrap, topics.lifecycle, records[600:])
+            time.sleep(2)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"] is False
+            assert client.get("/v1/syncs").status_code == 503
+            assert client.get("/healthz").status_code == 200
+        finally:
+            own_redis.resume()
+
+        deadline = time.monotonic() + 60
+        while counted() < len(records) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counted() == len(records)
+        assert client.get("/readyz").status_code == 200
+
+    expected_views, expected_counts = expected_fold(first + second)
+    stored_views, stored_counts = stored_state(own_redis.url, PREFIX, list(expected_views))
+    assert stored_counts == expected_counts
+    assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
