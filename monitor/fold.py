@@ -136,7 +136,7 @@ def _created(view: SyncView, event: Envelope) -> SyncView:
         view = SyncView(id=view.id, applied=view.applied)
     view = view.model_copy(update={"known": True})
     view = _with_fields(view, fields, event.time, fields.updated_at)
-    return _complete_backfill(view, event.time)
+    return _complete_backfill(view)
 
 
 def _updated(view: SyncView, event: Envelope) -> SyncView:
@@ -147,7 +147,7 @@ def _updated(view: SyncView, event: Envelope) -> SyncView:
         # Decoding validates every patch, so this only guards a view that predates a rule.
         return view
     updated_at = fields.updated_at if "updated_at" in patch else None
-    return _complete_backfill(_with_fields(view, fields, event.time, updated_at), event.time)
+    return _complete_backfill(_with_fields(view, fields, event.time, updated_at))
 
 
 def _disabled(view: SyncView, event: Envelope) -> SyncView:
@@ -309,16 +309,21 @@ def _collection_completed(view: SyncView, event: Envelope) -> SyncView:
     return _complete_backfill(view, event.time)
 
 
-def _complete_backfill(view: SyncView, time: datetime) -> SyncView:
-    """Sets `initial_backfill_completed_at` once, when the last required collection completes."""
-    if view.initial_backfill_completed_at is not None:
+def _complete_backfill(view: SyncView, time: datetime | None = None) -> SyncView:
+    """Sets `initial_backfill_completed_at` once: when the last required collection completes.
+
+    `time` is that of the completing `collection_completed` event; without one (a `sync.created`
+    or `sync.updated` that finds every collection already complete) it is the latest completion.
+    A skeleton (events before `sync.created`) does not know its collections yet, so it waits.
+    """
+    if view.initial_backfill_completed_at is not None or not view.known:
         return view
     required = set(view.collection_ids) or set(view.backfill)
-    if not required or any(
-        (p := view.backfill.get(cid)) is None or p.completed_at is None for cid in required
-    ):
+    done = [p.completed_at for cid in required if (p := view.backfill.get(cid)) is not None]
+    finished = [at for at in done if at is not None]
+    if not required or len(finished) < len(required):
         return view
-    return view.model_copy(update={"initial_backfill_completed_at": time})
+    return view.model_copy(update={"initial_backfill_completed_at": time or max(finished)})
 
 
 _SYNC_HANDLERS: dict[EventType, Callable[[SyncView, Envelope], SyncView]] = {

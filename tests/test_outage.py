@@ -1,4 +1,4 @@
-"""Redis unreachable mid-stream: the consumer waits, commits nothing it has not stored, loses nothing."""
+"""Redis unreachable mid-stream: the consumer waits, commits nothing unstored, loses nothing."""
 
 from __future__ import annotations
 
