@@ -61,7 +61,8 @@ def decode(message: RawMessage) -> Envelope:
             event = EVENT_ADAPTER.validate_json(message.value)
     except ValueError as exc:  # ValidationError and from_json's errors are ValueErrors
         label = type_label(attributes.get("type") if attributes else _peek_type(message.value))
-        raise DecodeError(_reason(exc), label) from None
+        reason = "value is not UTF-8" if not _is_utf8(message.value) else _reason(exc)
+        raise DecodeError(reason, label) from None
     _check_identity(event)
     return event
 
@@ -79,6 +80,14 @@ def _binary_attributes(headers: Headers) -> dict[str, Any] | None:
         except UnicodeDecodeError:
             raise DecodeError(f"header {key} is not UTF-8") from None
     return attributes
+
+
+def _is_utf8(value: bytes | None) -> bool:
+    try:
+        (value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _peek_type(value: bytes | None) -> Any:
@@ -108,4 +117,4 @@ def _check_identity(event: Envelope) -> None:
     data = event.data  # type: ignore[attr-defined]
     claimed = data.id if isinstance(data, SyncFields) else data.get("id")
     if claimed is not None and claimed != event.subject:
-        raise DecodeError(f"data.id {claimed!r} differs from subject", event.type)
+        raise DecodeError("data.id differs from subject", event.type)  # never quote input

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from consumers.kafka import ensure_topics
 from monitor import simulate
@@ -28,9 +27,7 @@ Simulating {syncs} syncs at up to {rate:g} events/s. Ctrl-C stops everything.
 
 def run_dev(syncs: int, rate: float, port: int, seed: int | None) -> int:
     """Starts everything, serves until Ctrl-C, then stops all it started."""
-    workdir = Path.cwd() / ".syncmon-dev"
-    workdir.mkdir(exist_ok=True)
-    redis_server = start_redis(workdir=workdir / "redis")
+    redis_server = start_redis()
     broker = start_broker()
     stop = threading.Event()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -30,15 +31,28 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _rfc3339(value: Any) -> Any:
+    """`time` is an RFC 3339 string; pydantic alone would also take Unix timestamps."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339_START.match(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string")
+
+
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-EventTime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
+EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_as_utc)]
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
 Text = Annotated[StrictStr, Field(min_length=1)]
 
 
 def _sequence(value: Any) -> Any:
-    """CloudEvents extensions travel as strings in binary mode; accept digit strings only."""
-    if isinstance(value, str) and value.isdigit():
+    """CloudEvents extensions travel as strings in binary mode; accept ASCII digit strings only.
+
+    (`str.isdigit` alone takes "²", on which `int` raises a message that quotes the input.)
+    """
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return value
 

@@ -127,6 +127,7 @@ def _with_fields(
     values["updated_at"] = updated_at or time
     if fields.status is not view.status:
         values["status_changed_at"] = time
+        values["disabled_reason"] = None  # a reason belongs to the sync.disabled that set it
     return view.model_copy(update=values)
 
 
