@@ -68,7 +68,7 @@ class Engine:
 
     def pop(self, room: int) -> tuple[float, tuple[Ev, ...]]:
         """Next due step that fits in `room` messages, so a burst is never cut in half."""
-        deferred = []
+        deferred: list[tuple[float, int, tuple[Ev, ...], Actor]] = []
         item = heapq.heappop(self.heap)
         while len(item[2]) > room:
             deferred.append(item)

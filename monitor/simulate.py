@@ -47,6 +47,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CREATION_SPAN = 0.25  # history: all syncs are created within the first quarter of events
 LIVE_CREATE_WINDOW, LIVE_CREATE_GAP = 10.0, 0.5
 RETRY_BACKOFF, MAX_BACKOFF = 0.5, 10.0  # seconds, doubling, while Kafka is unavailable
+# run() starts the fleet this long in the past: the catch-up is sent at `rate` right away,
+# so a demo shows finished backfills and failures at once and small runs end quickly
+WARMUP_SECONDS = 300.0
 
 
 @dataclass(slots=True)
@@ -179,8 +182,9 @@ class LiveFeed:
 
     def __init__(self, syncs: int, seed: int, start: datetime | None = None,
                  binary_ratio: float = 0.1) -> None:
-        t0 = _utc(start or datetime.now(UTC)).timestamp()
-        self.fleet = Fleet(syncs, seed, epoch=_utc(start or datetime.now(UTC)))
+        start = _utc(start or datetime.now(UTC))
+        t0 = start.timestamp()
+        self.fleet = Fleet(syncs, seed, epoch=start)
         self._eng = Engine(self.fleet, seed, now=t0)
         self._enc = _Encoder(seed, binary_ratio)
         gap = min(LIVE_CREATE_GAP, LIVE_CREATE_WINDOW / max(syncs, 1))
@@ -286,7 +290,7 @@ def _connect(bootstrap_servers: str, stop: threading.Event, deadline: float | No
 
 
 def _send(producer: Any, topic: str, index: int, msg: Message, deliveries: _Deliveries,
-          stop: threading.Event) -> bool:
+          stop: threading.Event, deadline: float | None) -> bool:
     """Hand one record to the producer; if its buffer or metadata is stuck, back off and retry."""
     from kafka.errors import KafkaTimeoutError
 
@@ -296,7 +300,7 @@ def _send(producer: Any, topic: str, index: int, msg: Message, deliveries: _Deli
             future = producer.send(topic, key=msg.key, value=msg.value, headers=msg.headers)
         except KafkaTimeoutError as exc:
             log.warning("kafka send blocked (%s); retrying in %.1fs", exc, backoff)
-            if stop.wait(backoff):
+            if stop.wait(backoff) or (deadline is not None and time.monotonic() >= deadline):
                 return False
             backoff = min(backoff * 2, MAX_BACKOFF)
             continue
@@ -311,7 +315,7 @@ def _drain(producer: Any, topic: str, deliveries: _Deliveries, index: int) -> No
 
     for attempt in range(3):
         try:
-            producer.flush(timeout=30)
+            producer.flush(timeout=10)
         except KafkaError as exc:
             log.warning("kafka flush incomplete (%s)", exc)
         failed = deliveries.take_failed()
@@ -330,16 +334,22 @@ def _drain(producer: Any, topic: str, deliveries: _Deliveries, index: int) -> No
                 log.warning("kafka send failed at shutdown (%s)", exc)
     try:
         producer.close(timeout=5)
-    except KafkaError as exc:  # pragma: no cover - best effort
-        log.warning("kafka close failed (%s)", exc)
+    except KafkaError as exc:
+        log.warning("kafka close failed (%s); dropping undelivered events", exc)
+        # kafka-python's close() raises before stopping its sender thread, which then
+        # retries in the background and tracebacks from __del__; stop it ourselves.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True
 
 
 def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int | None,
         duration: float | None, max_events: int | None, binary_ratio: float = 0.1,
-        stop: threading.Event | None = None) -> int:
+        stop: threading.Event | None = None, *, warmup: float = WARMUP_SECONDS) -> int:
     """Produce the live simulation to Kafka at <= `rate` events/s; returns records acked."""
-    if rate <= 0 or syncs < 1:
-        raise ValueError("need rate > 0 and syncs >= 1")
+    if rate <= 0 or syncs < 1 or warmup < 0:
+        raise ValueError("need rate > 0, syncs >= 1 and warmup >= 0")
     stop = stop if stop is not None else threading.Event()
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
@@ -349,7 +359,7 @@ def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int |
     producer = _connect(bootstrap_servers, stop, deadline)
     if producer is None:
         return 0
-    feed = LiveFeed(syncs, seed, datetime.now(UTC), binary_ratio)
+    feed = LiveFeed(syncs, seed, datetime.now(UTC) - timedelta(seconds=warmup), binary_ratio)
     bucket, deliveries = _TokenBucket(rate), _Deliveries()
     backlog: deque[tuple[int, Message]] = deque()
     low, chunk = max(64, int(rate)), max(256, int(rate) * 2)
@@ -395,7 +405,7 @@ def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int |
                 stop.wait(wait)
                 continue
             idx, msg = backlog.popleft()
-            if _send(producer, topic, idx, msg, deliveries, stop):
+            if _send(producer, topic, idx, msg, deliveries, stop, deadline):
                 produced += 1
             else:
                 backlog.appendleft((idx, msg))

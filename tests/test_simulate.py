@@ -320,6 +320,17 @@ def test_run_stops_at_max_events(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decode(Message(*producer.sent[0][1:])).get("type") == EventType.SYNC_CREATED
 
 
+def test_run_sends_the_warmup_backlog_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = FakeProducer()
+    _fake(monkeypatch, producer)
+    t0 = time.monotonic()
+    assert sim.run("x:1", "t", 5, 1_000.0, 3, 30.0, 60, 0.1, None) == 60
+    assert time.monotonic() - t0 < 2.0
+    times = [decode(Message(k, v, h))["time"] for _, k, v, h in producer.sent]
+    assert times == sorted(times)
+    assert datetime.fromisoformat(times[0]) < datetime.now(UTC) - timedelta(seconds=200)
+
+
 def test_run_is_rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
     producer = FakeProducer()
     _fake(monkeypatch, producer)
