@@ -52,13 +52,19 @@ class Backoff:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Processing is synchronous in the poll thread, so a revoke never finds a batch in flight."""
+    """Tracks owned partitions; processing is synchronous in the poll thread, so a revoke
+    never finds a batch in flight."""
+
+    def __init__(self, owned: set[int]) -> None:
+        self.owned = owned
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self.owned.difference_update(tp.partition for tp in revoked)
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.owned.update(tp.partition for tp in assigned)
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
 
@@ -73,7 +79,10 @@ class SyncConsumer:
     ) -> None:
         self.settings = settings
         self.redis = redis
-        self.processor = Processor(redis, settings.redis_prefix, settings.kafka_topic)
+        self.processor = Processor(
+            redis, settings.redis_prefix, settings.kafka_topic, thresholds=settings.thresholds()
+        )
+        self._owned: set[int] = set()
         self.on_batch = on_batch
         self.state = ConsumerState()
         self._stop = threading.Event()
@@ -92,6 +101,10 @@ class SyncConsumer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def owned_partitions(self) -> frozenset[int]:
+        """The partitions whose syncs this process evaluates on time."""
+        return frozenset(self._owned)
 
     @property
     def in_group(self) -> bool:
@@ -153,7 +166,7 @@ class SyncConsumer:
             make_producer(s.kafka_bootstrap_servers, security), s.kafka_dlq_topic
         )
         try:
-            consumer.subscribe([s.kafka_topic], listener=_Listener())
+            consumer.subscribe([s.kafka_topic], listener=_Listener(self._owned))
             self.state.kafka_ok = True
             while not self._stop.is_set():
                 records = consumer.poll(
@@ -171,6 +184,7 @@ class SyncConsumer:
                     self._handle(consumer, dlq, messages)
         finally:
             self._consumer = None
+            self._owned.clear()
             dlq.producer.close(timeout=5)
             consumer.close(autocommit=False, timeout_ms=5000)
             log.info("consumer closed and left group %s", s.kafka_group_id)

@@ -16,10 +16,11 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from consumers.decode import DecodeError, RawMessage, decode, type_label
+from monitor.engine import HealthEngine, incidents_of
 from monitor.enums import Outcome
 from monitor.events import Envelope, event_type
 from monitor.fold import Position, step
-from monitor.health import Health, evaluate
+from monitor.health import Health, ThresholdBook, Thresholds
 from monitor.store.counters import EventCounters
 from monitor.store.fences import Fences
 from monitor.store.health import HealthViews
@@ -74,6 +75,7 @@ class Processor:
         prefix: str,
         topic: str,
         clock: Callable[[], datetime] = utcnow,
+        thresholds: ThresholdBook | None = None,
     ) -> None:
         self.client = client
         self.topic = topic
@@ -84,6 +86,7 @@ class Processor:
         self.indexes = Indexes(prefix)
         self.fences = Fences(prefix)
         self.counters = EventCounters(prefix)
+        self.engine = HealthEngine(prefix, thresholds or ThresholdBook(Thresholds()), clock)
 
     def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
         """Drops what Redis already holds (one round trip) and decodes the rest."""
@@ -104,16 +107,17 @@ class Processor:
 
     def write(self, prepared: Prepared) -> BatchResult:
         """Folds and commits the batch; retried from fresh reads if another writer raced."""
-        fence_keys = [self.fences.key(self.topic, p) for p in sorted(prepared.last_offsets)]
+        watched = [self.fences.key(self.topic, p) for p in sorted(prepared.last_offsets)]
+        watched += [self.healths.key(i) for i in _sync_ids(prepared.events)]
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(*fence_keys)  # type: ignore[no-untyped-call]
+                    pipe.watch(*watched)  # type: ignore[no-untyped-call]
                     result = self._fold_and_queue(pipe, prepared)
                     pipe.execute()
                     return result
                 except WatchError:
-                    log.info("fence moved under a batch of %s; re-reading", self.topic)
+                    log.info("fence or health moved under a batch of %s; re-reading", self.topic)
                     continue
 
     def process(self, messages: Sequence[RawMessage]) -> tuple[Prepared, BatchResult]:
@@ -125,27 +129,15 @@ class Processor:
         parts = sorted(prepared.last_offsets)
         fences = self.fences.get_many(pipe, self.topic, parts)
         events = [(m, e) for m, e in prepared.events if m.offset > fences[m.partition]]
-        sync_ids = sorted({e.subject for _, e in events if not _is_provider(e)})
-        provider_names = sorted({e.subject for _, e in events if _is_provider(e)})
-        loaded = (
-            pipe.mget(
-                self.syncs.keys(sync_ids)
-                + [self.healths.key(i) for i in sync_ids]
-                + [self.providers.key(n) for n in provider_names]
-            )
-            if sync_ids or provider_names
-            else []
-        )
+        sync_ids = _sync_ids(events)
         n = len(sync_ids)
+        loaded = pipe.mget(self.syncs.keys(sync_ids) + self.healths.keys(sync_ids)) if n else []
         old_syncs = {i: self.syncs.parse(r) for i, r in zip(sync_ids, loaded[:n], strict=True)}
         old_health = {
             i: None if r is None else Health.model_validate_json(r)
-            for i, r in zip(sync_ids, loaded[n : 2 * n], strict=True)
+            for i, r in zip(sync_ids, loaded[n:], strict=True)
         }
-        old_providers = {
-            name: None if r is None else ProviderView.model_validate_json(r)
-            for name, r in zip(provider_names, loaded[2 * n :], strict=True)
-        }
+        old_providers = self.providers.all(pipe) if events else {}
 
         result = BatchResult()
         syncs: dict[str, SyncView | None] = dict(old_syncs)
@@ -154,39 +146,45 @@ class Processor:
             at = Position(message.partition, message.offset)
             store: dict[str, SyncView | None] | dict[str, ProviderView | None]
             store = providers if _is_provider(event) else syncs
-            outcome_step = step(store[event.subject], event, at)
+            outcome_step = step(store.get(event.subject), event, at)
             store[event.subject] = outcome_step.view  # type: ignore[assignment]
             result.counts[(type_label(event.type), outcome_step.outcome.value)] += 1
         for dead in prepared.dead:
             if dead.message.offset > fences[dead.message.partition]:
                 result.counts[(dead.type_label, Outcome.INVALID.value)] += 1
+        current = {k: v for k, v in providers.items() if v is not None}
 
         pipe.multi()
         now = self.clock()
         for sync_id, view in syncs.items():
-            if view is None or view is old_syncs[sync_id]:
+            old = old_syncs[sync_id]
+            if view is None or view is old:
                 continue
             self.syncs.put(pipe, view)
-            health = None if view.deleted or not view.known else evaluate(view, now)
-            if health is None:
-                self.healths.delete(pipe, sync_id)
-            else:
-                self.healths.put(pipe, health)
-                result.health[sync_id] = health
             live = not view.deleted and view.known
-            old_entries = entries(old_syncs[sync_id], old_health[sync_id])
-            self.indexes.update(pipe, sync_id, old_entries, entries(view, health), live)
+            self.indexes.update(pipe, sync_id, entries(old), entries(view), live)
+            if live:
+                incidents = incidents_of(current, view.provider)
+                health = self.engine.stage(pipe, view, old_health[sync_id], incidents, now)
+                result.health[sync_id] = health
+            else:
+                self.engine.forget(pipe, sync_id, old_health[sync_id], view.applied.partition)
             result.touched.add(sync_id)
         for name, pview in providers.items():
-            if pview is not None and pview is not old_providers[name]:
+            if pview is not None and pview is not old_providers.get(name):
                 self.providers.put(pipe, pview)
                 result.providers.add(name)
+        self.engine.request_fanout(pipe, result.providers)
         for partition, offset in prepared.last_offsets.items():
             if offset > fences[partition]:
                 self.fences.put(pipe, self.topic, partition, offset)
             result.commit_offsets[partition] = offset + 1
         self.counters.add(pipe, result.counts)
         return result
+
+
+def _sync_ids(events: Sequence[tuple[RawMessage, Envelope]]) -> list[str]:
+    return sorted({e.subject for _, e in events if not _is_provider(e)})
 
 
 def _is_provider(event: Envelope) -> bool:

@@ -18,7 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.enums import HealthStatus, SyncStatus
 from monitor.health import Health, evaluate
-from monitor.schemas import ErrorOut, HealthDetail, SyncOut, SyncPage, sync_out
+from monitor.schemas import (
+    ErrorOut,
+    HealthDetail,
+    StatusCounts,
+    Summary,
+    SyncOut,
+    SyncPage,
+    sync_out,
+)
 from monitor.settings import Settings
 from monitor.store.health import HealthViews
 from monitor.store.indexes import Indexes
@@ -106,6 +114,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 401: {"m
 
 
 def _health_of(view: SyncView, stored: Health | None) -> Health:
+    """Stored health; a sync written but not yet evaluated is evaluated on the spot."""
     return stored if stored is not None else evaluate(view, datetime.now(UTC))
 
 
@@ -132,13 +141,34 @@ def get_sync(sync_id: str, rt: RT) -> SyncOut:
 @router.get("/syncs/{sync_id}/health", response_model=HealthDetail, responses=NOT_FOUND)
 def get_sync_health(sync_id: str, rt: RT) -> HealthDetail:
     """The sync's health with one entry per check."""
-    view, health = _load(rt, sync_id)
-    return HealthDetail(
-        status=health.status,
-        sync_id=view.id,
-        evaluated_at=health.evaluated_at,
-        checks=list(health.checks),
-    )
+    return HealthDetail.of(_load(rt, sync_id)[1])
+
+
+@router.get("/summary", response_model=Summary)
+def summary(rt: RT) -> Summary:
+    """Counts by health status, overall and per provider, from the indexes alone."""
+    statuses = list(HealthStatus)
+    providers = rt.indexes.values(rt.redis, "provider")
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.zcard(rt.indexes.all_key)
+    for s in statuses:
+        pipe.zcard(rt.indexes.key("health.status", s.value))
+    for p in providers:
+        pipe.zcard(rt.indexes.key("provider", p))
+        for s in statuses:
+            pipe.zintercard(
+                2, [rt.indexes.key("provider", p), rt.indexes.key("health.status", s.value)]
+            )
+    counts = iter(pipe.execute())
+    total = int(next(counts))
+    by_health = {s: int(next(counts)) for s in statuses}
+    by_provider = {}
+    for p in providers:
+        provider_total = int(next(counts))
+        per = {s: int(next(counts)) for s in statuses}
+        if provider_total:
+            by_provider[p] = StatusCounts(total=provider_total, by_health=per)
+    return Summary(total=total, by_health=by_health, by_provider=by_provider)
 
 
 CURSOR_TAG = "c1:"

@@ -12,8 +12,12 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from consumers.consumer import SyncConsumer
+from consumers.processor import BatchResult
+from consumers.publisher import HealthPublisher
 from monitor import __version__
 from monitor.api import Runtime, install_error_handlers, router
+from monitor.engine import HealthEngine
+from monitor.scheduler import HealthScheduler
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,23 +33,40 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def wake(result: BatchResult, scheduler: HealthScheduler | None) -> None:
+    """A provider's incident changed in this batch: re-evaluate its syncs now, not next tick."""
+    if result.providers and scheduler is not None:
+        scheduler.wake()
+
+
 def create_app(settings: Settings, consume: bool = True) -> FastAPI:
     """Builds the app; nothing starts until the lifespan runs (never at import)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client(settings)
-        consumer = SyncConsumer(settings, client) if consume else None
+        engine = HealthEngine(settings.redis_prefix, settings.thresholds())
+        consumer = publisher = scheduler = None
+        if consume:
+            consumer = SyncConsumer(settings, client, on_batch=lambda r: wake(r, scheduler))
+            scheduler = HealthScheduler(
+                engine, client, consumer.owned_partitions, settings.health_tick_seconds
+            )
+            publisher = HealthPublisher(settings, redis_client(settings))
         app.state.runtime = Runtime(settings, client)
         app.state.consumer = consumer
-        if consumer is not None:
-            consumer.start()
+        app.state.scheduler = scheduler
+        app.state.publisher = publisher
+        for part in (consumer, scheduler, publisher):
+            if part is not None:
+                part.start()
         log.info("syncmon %s serving on %s:%s", __version__, settings.http_host, settings.http_port)
         try:
             yield
         finally:
-            if consumer is not None:
-                consumer.stop()
+            for part in (consumer, scheduler, publisher):  # stop intake first
+                if part is not None:
+                    part.stop()
             client.close()
 
     app = FastAPI(

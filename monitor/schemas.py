@@ -9,22 +9,48 @@ from pydantic import BaseModel, Field
 
 from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
 from monitor.events import RateLimit
-from monitor.health import Check, Health
+from monitor.health import Check, CredentialHealth, Health, ProviderHealth
 from monitor.views import LastRun, SyncView
 
 
 class HealthOut(BaseModel):
-    """The seed's health object (`status`, `sync_id`) plus when it was last evaluated."""
+    """The seed's health object (`status`, `sync_id`) with its history and the richer shape."""
 
     status: HealthStatus
     sync_id: str
+    in_status_since: datetime | None = None
+    last_healthy_at: datetime | None = None
+    erroring_since: datetime | None = None
+    credential: CredentialHealth | None = None
+    provider: ProviderHealth | None = None
     evaluated_at: datetime | None = None
+
+    @classmethod
+    def of(cls, health: Health) -> HealthOut:
+        return cls.model_validate(health.model_dump(include=set(cls.model_fields)))
 
 
 class HealthDetail(HealthOut):
     """`/v1/syncs/{id}/health`: one entry per check."""
 
     checks: list[Check] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, health: Health) -> HealthDetail:
+        return cls.model_validate(health.model_dump(include=set(cls.model_fields)))
+
+
+class StatusCounts(BaseModel):
+    total: int
+    by_health: dict[HealthStatus, int]
+
+
+class Summary(BaseModel):
+    """`/v1/summary`: how many syncs are in each health status, overall and per provider."""
+
+    total: int
+    by_health: dict[HealthStatus, int]
+    by_provider: dict[str, StatusCounts]
 
 
 class CollectionOut(BaseModel):
@@ -107,7 +133,7 @@ def sync_out(view: SyncView, health: Health) -> SyncOut:
         name=view.name,
         status=view.status,
         org_id=view.org_id,
-        health=HealthOut(status=health.status, sync_id=view.id, evaluated_at=health.evaluated_at),
+        health=HealthOut.of(health),
         collection_ids=list(view.collection_ids),
         rate_limit=view.rate_limit,
         credential_id=view.credential_id,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from monitor.health import ThresholdBook, Thresholds
 
 ENV_PREFIX = "SYNCMON_"
 
@@ -40,6 +42,17 @@ class Settings(BaseSettings):
     api_max_page: Annotated[int, Field(ge=1, le=10_000)] = 500
 
     health_topic: str = "sync.health"
+    health_continuous_interval_seconds: Annotated[float, Field(gt=0)] = 300
+    health_freshness_warn_factor: Annotated[float, Field(gt=0)] = 1.0
+    health_freshness_error_factor: Annotated[float, Field(gt=0)] = 2.0
+    health_failures_warn: Annotated[int, Field(ge=1)] = 1
+    health_failures_error: Annotated[int, Field(ge=1)] = 3
+    health_rate_limit_window_seconds: Annotated[float, Field(ge=0)] = 300
+    health_backfill_stall_seconds: Annotated[float, Field(gt=0)] = 1800
+    health_no_activity_seconds: Annotated[float, Field(gt=0)] = 600
+    health_hysteresis_seconds: Annotated[float, Field(ge=0)] = 0
+    health_provider_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    health_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
 
@@ -57,6 +70,33 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _valid_thresholds(self) -> Settings:
+        """Builds every provider's thresholds once so a bad override fails at start-up."""
+        self.thresholds()
+        return self
+
+    def thresholds(self) -> ThresholdBook:
+        """Health thresholds: the global ones and each provider's overrides."""
+        names = Thresholds.model_fields
+        base = Thresholds(**{n: getattr(self, f"health_{n}") for n in names})
+        per_provider = {}
+        for provider, overrides in self.health_provider_overrides.items():
+            unknown = set(overrides) - set(names)
+            if unknown:
+                raise ValueError(
+                    f"SYNCMON_HEALTH_PROVIDER_OVERRIDES: {provider}: unknown {sorted(unknown)}"
+                )
+            try:
+                per_provider[provider] = Thresholds(**{**base.model_dump(), **overrides})
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                raise ValueError(
+                    f"SYNCMON_HEALTH_PROVIDER_OVERRIDES: {provider}.{first['loc'][0]}: "
+                    f"{first['msg']}"
+                ) from None
+        return ThresholdBook(base, per_provider)
 
     def kafka_security(self) -> dict[str, Any]:
         """SSL/SASL options passed through to every kafka-python client."""
@@ -81,6 +121,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
-            name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else ENV_PREFIX
-            lines.append(f"  {name}: {error['msg']}")
+            if error["loc"]:
+                lines.append(f"  {ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}")
+            else:
+                lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
         raise SettingsError("invalid syncmon settings:\n" + "\n".join(lines)) from None

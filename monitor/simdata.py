@@ -199,8 +199,7 @@ def tok(rng: random.Random, n: int, alphabet: str = ALNUM) -> str:
     """Random token text, so secrets look real; byte translation keeps 10k syncs fast."""
     table = _TOK_TABLES.get(alphabet)
     if table is None:
-        table = _TOK_TABLES[alphabet] = bytes(
-            ord(alphabet[i % len(alphabet)]) for i in range(256))
+        table = _TOK_TABLES[alphabet] = bytes(ord(alphabet[i % len(alphabet)]) for i in range(256))
     return rng.randbytes(n).translate(table).decode()
 
 
@@ -445,5 +444,3 @@ def metadata_value(rng: random.Random, key: str, slug: str) -> Any:
     if key == "tier":
         return rng.choice(("gold", "silver", "bronze"))
     return rng.randint(1, 100)
-
-

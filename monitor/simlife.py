@@ -36,8 +36,12 @@ PAUSE_SECONDS, PAUSED_PROFILE_SECONDS = (60.0, 600.0), (600.0, 1800.0)
 STALL_SECONDS = (1800.0, 7200.0)  # a stuck backfill, long enough for the 30-min check
 INCIDENT_GAP_MEAN, INCIDENT_SECONDS = 1800.0, (120.0, 900.0)
 FAIL_P = {
-    Profile.HEALTHY: 0.02, Profile.FLAKY: 0.3, Profile.FAILING: 0.9, Profile.STUCK: 0.05,
-    Profile.CREDENTIAL_BROKEN: 0.05, Profile.PAUSED: 0.02,
+    Profile.HEALTHY: 0.02,
+    Profile.FLAKY: 0.3,
+    Profile.FAILING: 0.9,
+    Profile.STUCK: 0.05,
+    Profile.CREDENTIAL_BROKEN: 0.05,
+    Profile.PAUSED: 0.02,
 }
 # per run cycle, cumulative thresholds for side events
 P_DELETE, P_UPDATE, P_RATE, P_DISABLE, P_CRED = 0.002, 0.04, 0.04, 0.008, 0.006
@@ -85,8 +89,11 @@ class Engine:
             return
         early = self.rng.choice(providers)
         for p in providers:
-            first = self.rng.uniform(20, 50) if p == early else self.rng.expovariate(
-                1 / INCIDENT_GAP_MEAN)
+            first = (
+                self.rng.uniform(20, 50)
+                if p == early
+                else self.rng.expovariate(1 / INCIDENT_GAP_MEAN)
+            )
             self.schedule(_provider_life(self, p, first), now)
         self.now = now
 
@@ -108,11 +115,15 @@ def _provider_life(eng: Engine, provider: str, first: float) -> Actor:
     while True:
         inc = f"inc_{tok(rng, 12, '0123456789abcdefghijklmnopqrstuvwxyz')}"
         notes = rng.sample(INCIDENT_NOTES, rng.randint(1, 3))
-        yield delay, _one(provider, ET.PROVIDER_INCIDENT_OPENED,
-                          {"incident_id": inc, "notes": notes})
+        yield (
+            delay,
+            _one(provider, ET.PROVIDER_INCIDENT_OPENED, {"incident_id": inc, "notes": notes}),
+        )
         eng.incidents[provider] = inc
-        yield rng.uniform(*INCIDENT_SECONDS), _one(provider, ET.PROVIDER_INCIDENT_RESOLVED,
-                                                   {"incident_id": inc})
+        yield (
+            rng.uniform(*INCIDENT_SECONDS),
+            _one(provider, ET.PROVIDER_INCIDENT_RESOLVED, {"incident_id": inc}),
+        )
         del eng.incidents[provider]
         delay = rng.expovariate(1 / INCIDENT_GAP_MEAN)
 
@@ -160,20 +171,29 @@ def _backfill(eng: Engine, s: SimSync) -> Actor:
                 until = eng.now + rng.uniform(*STALL_SECONDS)
                 while eng.now < until:  # stuck behind the provider's rate limit
                     retry = rng.randint(60, 900)
-                    yield rng.uniform(60, 300), _one(sid, ET.RATE_LIMITED,
-                                                     {"retry_after_seconds": retry})
+                    yield (
+                        rng.uniform(60, 300),
+                        _one(sid, ET.RATE_LIMITED, {"retry_after_seconds": retry}),
+                    )
             elif rng.random() < 0.03:
                 yield 1.0, _one(sid, ET.RATE_LIMITED, {"retry_after_seconds": rng.randint(1, 60)})
         final = max(synced, int(est * rng.uniform(0.98, 1.02)))
-        yield per / (n + 1), _one(sid, ET.BACKFILL_COLLECTION_COMPLETED,
-                                  {"collection_id": col, "records_synced": final})
+        yield (
+            per / (n + 1),
+            _one(
+                sid,
+                ET.BACKFILL_COLLECTION_COMPLETED,
+                {"collection_id": col, "records_synced": final},
+            ),
+        )
 
 
 def _patch(eng: Engine, s: SimSync) -> dict[str, Any]:
     """A JSON merge patch the engine might send; applied to our copy so later ones make sense."""
     rng = eng.rng
-    kind = rng.choices(("meta", "unmeta", "rename", "age", "freq", "rate", "cred"),
-                       (3, 2, 2, 1, 1, 1, 1))[0]
+    kind = rng.choices(
+        ("meta", "unmeta", "rename", "age", "freq", "rate", "cred"), (3, 2, 2, 1, 1, 1, 1)
+    )[0]
     if kind == "unmeta" and s.metadata:
         key = rng.choice(sorted(s.metadata))
         del s.metadata[key]
@@ -193,8 +213,9 @@ def _patch(eng: Engine, s: SimSync) -> dict[str, Any]:
         s.sync_frequency = "4h" if s.sync_frequency == "continuous" else "continuous"
         return {"sync_frequency": s.sync_frequency}
     if kind == "rate":
-        s.rate_limit["allowed_requests"] = max(1, int(s.rate_limit["allowed_requests"]
-                                                      * rng.choice((0.5, 2.0))))
+        s.rate_limit["allowed_requests"] = max(
+            1, int(s.rate_limit["allowed_requests"] * rng.choice((0.5, 2.0)))
+        )
         return {"rate_limit": {"allowed_requests": s.rate_limit["allowed_requests"]}}
     return _rotation(eng, s)
 
@@ -223,8 +244,7 @@ def _runs(eng: Engine, s: SimSync) -> Actor:
         r = rng.random()
         if r < P_DELETE:
             new = eng.fleet.new_sync(s.org)
-            yield delay, ((sid, ET.SYNC_DELETED, {}), (new.id, ET.SYNC_CREATED,
-                                                       new.created_data()))
+            yield delay, ((sid, ET.SYNC_DELETED, {}), (new.id, ET.SYNC_CREATED, new.created_data()))
             eng.schedule(sync_life(eng, new, announce=False), eng.now)
             return
         side = True
@@ -251,8 +271,12 @@ def _runs(eng: Engine, s: SimSync) -> Actor:
         delay = _interval(eng, s)
         if bad_cred_runs:
             bad_cred_runs -= 1
-            err: dict[str, Any] = {"code": "unauthorized", "http_status": 401, "retryable": False,
-                                   "message": f"{display} rejected the credential (401)"}
+            err: dict[str, Any] = {
+                "code": "unauthorized",
+                "http_status": 401,
+                "retryable": False,
+                "message": f"{display} rejected the credential (401)",
+            }
             yield took, _one(sid, ET.RUN_FAILED, {"run_id": run_id, "error": err})
             if not bad_cred_runs:
                 if rng.random() < 0.6:
@@ -271,18 +295,35 @@ def _runs(eng: Engine, s: SimSync) -> Actor:
             big = s.sync_frequency != "continuous"
             ups = min(10**6, int((rng.paretovariate(1.2) - 1) * (2000 if big else 20)))
             dels = int((rng.paretovariate(2.0) - 1) * 5) if rng.random() < 0.3 else 0
-            yield took, _one(sid, ET.RUN_SUCCEEDED, {
-                "run_id": run_id, "records_upserted": ups, "records_deleted": dels,
-                "duration_ms": int(took * 1000)})
+            yield (
+                took,
+                _one(
+                    sid,
+                    ET.RUN_SUCCEEDED,
+                    {
+                        "run_id": run_id,
+                        "records_upserted": ups,
+                        "records_deleted": dels,
+                        "duration_ms": int(took * 1000),
+                    },
+                ),
+            )
         if s.profile is Profile.FAILING and rng.random() < 0.01:
             s.profile = Profile.FLAKY  # a sick sync sometimes gets fixed
 
 
 def _cred_failed(eng: Engine, s: SimSync) -> tuple[Ev, ...]:
     """A `sync.credential.failed` step with a provider-flavoured reason."""
-    status, why = eng.rng.choice((
-        (401, "invalid_grant: refresh token revoked"), (401, "access token expired"),
-        (401, "API key revoked"), (403, "insufficient scopes for the requested objects")))
-    return _one(s.id, ET.CREDENTIAL_FAILED,
-                {"http_status": status, "message": f"{PROVIDERS[s.provider][0]}: {why}"})
-
+    status, why = eng.rng.choice(
+        (
+            (401, "invalid_grant: refresh token revoked"),
+            (401, "access token expired"),
+            (401, "API key revoked"),
+            (403, "insufficient scopes for the requested objects"),
+        )
+    )
+    return _one(
+        s.id,
+        ET.CREDENTIAL_FAILED,
+        {"http_status": status, "message": f"{PROVIDERS[s.provider][0]}: {why}"},
+    )

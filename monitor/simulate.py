@@ -120,18 +120,28 @@ class _Encoder:
         key = subject.encode()
         if self._ratio and self._mode.random() < self._ratio:
             headers = [
-                ("ce_specversion", b"1.0"), ("ce_id", eid.encode()),
-                ("ce_type", etype.value.encode()), ("ce_source", SOURCE.encode()),
-                ("ce_time", when.encode()), ("ce_subject", key),
-                ("ce_sequence", str(seq).encode()), ("content-type", _JSON),
+                ("ce_specversion", b"1.0"),
+                ("ce_id", eid.encode()),
+                ("ce_type", etype.value.encode()),
+                ("ce_source", SOURCE.encode()),
+                ("ce_time", when.encode()),
+                ("ce_subject", key),
+                ("ce_sequence", str(seq).encode()),
+                ("content-type", _JSON),
             ]
             return Message(key, _dumps(data).encode(), headers)
         value = _ENVELOPE(eid, etype.value, when, subject, seq, _dumps(data))
         return Message(key, value.encode(), [("content-type", _STRUCTURED)])
 
 
-def iter_history(syncs: int, events: int, seed: int, start: datetime, step_seconds: float,
-                 binary_ratio: float = 0.1) -> Iterator[Message]:
+def iter_history(
+    syncs: int,
+    events: int,
+    seed: int,
+    start: datetime,
+    step_seconds: float,
+    binary_ratio: float = 0.1,
+) -> Iterator[Message]:
     """Stream `history()` so benchmarks need not hold every message at once."""
     if syncs < 1 or events < 0 or step_seconds < 0:
         raise ValueError("need syncs >= 1, events >= 0, step_seconds >= 0")
@@ -163,8 +173,14 @@ def iter_history(syncs: int, events: int, seed: int, start: datetime, step_secon
         yield enc.encode(evs[0], when)
 
 
-def history(syncs: int, events: int, seed: int, start: datetime, step_seconds: float,
-            binary_ratio: float = 0.1) -> list[Message]:
+def history(
+    syncs: int,
+    events: int,
+    seed: int,
+    start: datetime,
+    step_seconds: float,
+    binary_ratio: float = 0.1,
+) -> list[Message]:
     """Exactly `events` messages at `start + i*step_seconds`; ordering follows simulated time."""
     # The result holds ~2 tracked objects per event; pausing the cyclic GC while it grows
     # saves about a third of the time on 200k events (the engine's few cycles wait till later).
@@ -180,8 +196,9 @@ def history(syncs: int, events: int, seed: int, start: datetime, step_seconds: f
 class LiveFeed:
     """Wall-clock simulation: `poll(now)` returns what the fleet would have emitted by now."""
 
-    def __init__(self, syncs: int, seed: int, start: datetime | None = None,
-                 binary_ratio: float = 0.1) -> None:
+    def __init__(
+        self, syncs: int, seed: int, start: datetime | None = None, binary_ratio: float = 0.1
+    ) -> None:
         start = _utc(start or datetime.now(UTC))
         t0 = start.timestamp()
         self.fleet = Fleet(syncs, seed, epoch=start)
@@ -208,9 +225,13 @@ class LiveFeed:
         return out
 
 
-def live(syncs: int, seed: int, binary_ratio: float = 0.1,
-         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-         sleep: Callable[[float], None] = time.sleep) -> Iterator[Message]:
+def live(
+    syncs: int,
+    seed: int,
+    binary_ratio: float = 0.1,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Message]:
     """Endless live stream: yields messages as they fall due on `clock`, sleeping in between."""
     feed = LiveFeed(syncs, seed, clock(), binary_ratio)
     while True:
@@ -278,19 +299,32 @@ def _connect(bootstrap_servers: str, stop: threading.Event, deadline: float | No
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         try:
             return KafkaProducer(
-                bootstrap_servers=bootstrap_servers, client_id="syncmon-simulator", acks="all",
-                linger_ms=5, allow_auto_create_topics=False, max_block_ms=5000,
-                bootstrap_timeout_ms=5000)
+                bootstrap_servers=bootstrap_servers,
+                client_id="syncmon-simulator",
+                acks="all",
+                linger_ms=5,
+                allow_auto_create_topics=False,
+                max_block_ms=5000,
+                bootstrap_timeout_ms=5000,
+            )
         except KafkaError as exc:
-            log.warning("kafka %s unavailable (%s); retrying in %.1fs", bootstrap_servers, exc,
-                        backoff)
+            log.warning(
+                "kafka %s unavailable (%s); retrying in %.1fs", bootstrap_servers, exc, backoff
+            )
             stop.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
     return None
 
 
-def _send(producer: Any, topic: str, index: int, msg: Message, deliveries: _Deliveries,
-          stop: threading.Event, deadline: float | None) -> bool:
+def _send(
+    producer: Any,
+    topic: str,
+    index: int,
+    msg: Message,
+    deliveries: _Deliveries,
+    stop: threading.Event,
+    deadline: float | None,
+) -> bool:
     """Hand one record to the producer; if its buffer or metadata is stuck, back off and retry."""
     from kafka.errors import KafkaTimeoutError
 
@@ -321,8 +355,12 @@ def _drain(producer: Any, topic: str, deliveries: _Deliveries, index: int) -> No
         failed = deliveries.take_failed()
         if not failed:
             break
-        log.warning("%d event(s) undelivered at shutdown (%s); retry %d/3", len(failed),
-                    deliveries.last_error, attempt + 1)
+        log.warning(
+            "%d event(s) undelivered at shutdown (%s); retry %d/3",
+            len(failed),
+            deliveries.last_error,
+            attempt + 1,
+        )
         time.sleep(RETRY_BACKOFF * 2**attempt)
         for _, msg in failed:
             index += 1
@@ -344,9 +382,19 @@ def _drain(producer: Any, topic: str, deliveries: _Deliveries, index: int) -> No
         producer._closed = True
 
 
-def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int | None,
-        duration: float | None, max_events: int | None, binary_ratio: float = 0.1,
-        stop: threading.Event | None = None, *, warmup: float = WARMUP_SECONDS) -> int:
+def run(
+    bootstrap_servers: str,
+    topic: str,
+    syncs: int,
+    rate: float,
+    seed: int | None,
+    duration: float | None,
+    max_events: int | None,
+    binary_ratio: float = 0.1,
+    stop: threading.Event | None = None,
+    *,
+    warmup: float = WARMUP_SECONDS,
+) -> int:
     """Produce the live simulation to Kafka at <= `rate` events/s; returns records acked."""
     if rate <= 0 or syncs < 1 or warmup < 0:
         raise ValueError("need rate > 0, syncs >= 1 and warmup >= 0")
@@ -354,8 +402,14 @@ def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int |
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     deadline = None if duration is None else time.monotonic() + duration
-    log.info("simulating %d syncs, seed %d, <= %.1f events/s to %s/%s", syncs, seed, rate,
-             bootstrap_servers, topic)
+    log.info(
+        "simulating %d syncs, seed %d, <= %.1f events/s to %s/%s",
+        syncs,
+        seed,
+        rate,
+        bootstrap_servers,
+        topic,
+    )
     producer = _connect(bootstrap_servers, stop, deadline)
     if producer is None:
         return 0
@@ -370,15 +424,20 @@ def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int |
         while not stop.is_set():
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (
-                    max_events is not None and produced >= max_events):
+                max_events is not None and produced >= max_events
+            ):
                 break
             if now >= next_report:
                 log.info("simulator: %d events acknowledged", deliveries.delivered)
                 next_report = now + 10
             failed = deliveries.take_failed()
             if failed:
-                log.warning("%d event(s) not delivered (%s); resending in %.1fs", len(failed),
-                            deliveries.last_error, fail_backoff)
+                log.warning(
+                    "%d event(s) not delivered (%s); resending in %.1fs",
+                    len(failed),
+                    deliveries.last_error,
+                    fail_backoff,
+                )
                 backlog.extendleft(reversed(failed))
                 produced -= len(failed)
                 stop.wait(fail_backoff)
@@ -387,9 +446,12 @@ def run(bootstrap_servers: str, topic: str, syncs: int, rate: float, seed: int |
             if deliveries.delivered != seen_delivered:
                 seen_delivered, fail_backoff, last_ack = deliveries.delivered, RETRY_BACKOFF, now
             elif produced > seen_delivered and now - last_ack > 5 and now >= next_stall_warn:
-                log.warning("kafka has acknowledged nothing for %.0fs (%d events in flight); "
-                            "the producer keeps retrying", now - last_ack,
-                            produced - seen_delivered)
+                log.warning(
+                    "kafka has acknowledged nothing for %.0fs (%d events in flight); "
+                    "the producer keeps retrying",
+                    now - last_ack,
+                    produced - seen_delivered,
+                )
                 next_stall_warn = now + 10
             if len(backlog) < low:
                 for msg in feed.poll(time.time(), limit=chunk):

@@ -25,6 +25,7 @@ class Applied(_Model):
     sequence: int | None = None
     event_ids: tuple[str, ...] = ()
     offsets: dict[int, int] = Field(default_factory=dict)
+    partition: int | None = None  # where its latest event came from: whose consumer owns it
 
     def seen(self, event_id: str) -> bool:
         return event_id in self.event_ids
@@ -46,6 +47,7 @@ class Applied(_Model):
             sequence=sequence if sequence is not None else self.sequence,
             event_ids=(*self.event_ids, event_id)[-RECENT_EVENT_IDS:],
             offsets=offsets,
+            partition=partition if partition is not None else self.partition,
         )
 
 

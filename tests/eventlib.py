@@ -8,7 +8,20 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Health depends on the wall clock, so test events happen "just now": `recent()` moves T0.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=7)
+
+
+def recent(minutes_ago: float = 7) -> datetime:
+    """Re-bases event times so `minute=0` is this many minutes before now."""
+    global T0
+    T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago)
+    return T0
+
+
+def iso(minute: float) -> str:
+    """The API's rendering of T0 + minutes."""
+    return (T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
 _ids = itertools.count(1)
 
 
@@ -27,7 +40,7 @@ def cloudevent(
         "id": event_id or f"evt-{next(_ids)}",
         "source": "//tests",
         "type": type_,
-        "time": (T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z"),
+        "time": iso(minute),
         "subject": subject,
         "datacontenttype": "application/json",
         "data": {} if data is None else data,

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from monitor.app import create_app
 from monitor.settings import Settings
-from tests.eventlib import cloudevent, encode, encode_binary, lifecycle
+from tests.eventlib import cloudevent, encode, encode_binary, iso, lifecycle, recent
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,6 +62,7 @@ def wait_for(fn: Any, timeout: float = 30.0) -> Any:
 
 
 def test_events_in_api_out(settings: Settings, client: TestClient) -> None:
+    recent(7)  # the last run succeeded a minute ago: healthy for four more minutes
     events = lifecycle("sync-a", "stripe") + lifecycle("sync-b", "hubspot")
     records = [encode(e) if e["subject"] == "sync-a" else encode_binary(e) for e in events]
     produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records)
@@ -78,14 +79,25 @@ def test_events_in_api_out(settings: Settings, client: TestClient) -> None:
         "initial_backfill_completed_at", "metadata", "created_at", "updated_at",
     }  # fmt: skip
     assert seed_fields <= body.keys()
-    assert body["health"] == {
-        "status": "healthy",
-        "sync_id": "sync-a",
-        "evaluated_at": body["health"]["evaluated_at"],
+    health = body["health"]
+    assert health["status"] == "healthy" and health["sync_id"] == "sync-a"
+    assert health["credential"] == {"status": "valid", "notes": [], "time": None}, health
+    assert health["provider"] == {"status": "operational", "notes": []}
+    assert health["erroring_since"] is None and health["last_healthy_at"]
+    detail = client.get("/v1/syncs/sync-a/health", headers=AUTH).json()
+    assert [c["name"] for c in detail["checks"]] == [
+        "freshness", "failures", "credential", "rate_limit", "provider", "backfill", "activity",
+    ]  # fmt: skip
+    assert {c["status"] for c in detail["checks"]} == {"healthy"}
+    summary = client.get("/v1/summary", headers=AUTH).json()
+    assert summary["total"] == 2 and summary["by_health"]["healthy"] == 2
+    assert summary["by_provider"]["hubspot"] == {
+        "total": 1,
+        "by_health": {"healthy": 1, "initializing": 0, "warn": 0, "error": 0, "paused": 0},
     }
     assert body["credential"]["properties"]["secret"] == "***********"
-    assert body["created_at"] == "2026-01-01T00:00:00Z"
-    assert body["initial_backfill_completed_at"] == "2026-01-01T00:03:00Z"
+    assert body["created_at"] == iso(0)
+    assert body["initial_backfill_completed_at"] == iso(3)
     assert body["rate_limit"] == {
         "allowed_requests": 1000,
         "interval": 60,

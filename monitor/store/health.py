@@ -17,6 +17,9 @@ class HealthViews:
     def key(self, sync_id: str) -> str:
         return TEMPLATE.format(prefix=self.prefix, id=sync_id)
 
+    def keys(self, sync_ids: list[str]) -> list[str]:
+        return [self.key(i) for i in sync_ids]
+
     def get_many(self, client: Client, sync_ids: list[str]) -> list[Health | None]:
         if not sync_ids:
             return []

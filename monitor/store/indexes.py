@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from monitor.health import Health
 from monitor.store.base import Client, text
 from monitor.views import SyncView
 
 TEMPLATE = "{prefix}:idx:{field}:{value}"
 ALL = "{prefix}:idx:all"
+VALUES = "{prefix}:idx-values:{field}"  # which values a field has had, for summaries
 FIELDS = ("provider", "status", "org_id", "stream_id", "health.status")
 CHUNK = 512
 
 Entries = frozenset[tuple[str, str]]
 
 
-def entries(view: SyncView | None, health: Health | None) -> Entries:
-    """The (field, value) pairs under which a live sync is listed."""
+def entries(view: SyncView | None) -> Entries:
+    """The (field, value) pairs of a live sync's own fields (health is the engine's)."""
     if view is None or view.deleted or not view.known:
         return frozenset()
     pairs = {
@@ -30,8 +30,6 @@ def entries(view: SyncView | None, health: Health | None) -> Entries:
         ("org_id", view.org_id),
         ("stream_id", view.stream_id),
     }
-    if health is not None:
-        pairs.add(("health.status", health.status.value))
     return frozenset((f, v) for f, v in pairs if v is not None)
 
 
@@ -50,10 +48,16 @@ class Indexes:
             pipe.zrem(self.key(field, value), sync_id)
         for field, value in new - old:
             pipe.zadd(self.key(field, value), {sync_id: 0})
+            if field == "provider":
+                pipe.sadd(VALUES.format(prefix=self.prefix, field=field), value)
         if live:
             pipe.zadd(self.all_key, {sync_id: 0})
         else:
             pipe.zrem(self.all_key, sync_id)
+
+    def values(self, client: Client, field: str) -> list[str]:
+        raw = client.smembers(VALUES.format(prefix=self.prefix, field=field))
+        return sorted(text(v) for v in raw)
 
     def count(self, client: Client, field: str | None = None, value: str | None = None) -> int:
         key = self.all_key if field is None or value is None else self.key(field, value)

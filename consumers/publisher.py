@@ -1,0 +1,92 @@
+"""Publishes queued health changes to Kafka: each outbox entry once, deleted after the ack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from kafka.errors import KafkaError
+from redis import Redis
+from redis.exceptions import RedisError
+
+from consumers.consumer import Backoff
+from consumers.kafka import ensure_topics, make_producer
+from monitor.settings import Settings
+from monitor.store.outbox import Entry, Outbox
+
+log = logging.getLogger(__name__)
+
+CLAIM_IDLE_MS = 30_000  # an entry taken by a publisher that died is re-published after this
+BATCH = 500
+
+
+class HealthPublisher:
+    """A thread: read the outbox through a Redis consumer group, produce, wait, acknowledge.
+
+    A process that dies between the broker's ack and the Redis ack would have its entries
+    re-published by another after CLAIM_IDLE_MS; the event id (`<sync>:<n>`) is stable so a
+    reader can drop such a repeat. Every other path publishes each change exactly once.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.outbox = Outbox(settings.redis_prefix)
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: Any = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="syncmon-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = Backoff(self._stop, self.settings.retry_max_seconds)
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except (KafkaError, RedisError, OSError) as exc:
+                log.warning("health publisher paused (%s); retrying in %.1fs", exc, backoff.delay)
+                backoff.wait()
+            except Exception:
+                log.exception("health publisher crashed; restarting in %.1fs", backoff.delay)
+                backoff.wait()
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+    def _loop(self) -> None:
+        s = self.settings
+        if self._producer is None:
+            security = s.kafka_security()
+            if s.kafka_create_topics:
+                ensure_topics(
+                    s.kafka_bootstrap_servers, {s.health_topic: s.kafka_topic_partitions}, security
+                )
+            self._producer = make_producer(s.kafka_bootstrap_servers, security)
+        self.outbox.ensure_group(self.redis)
+        while not self._stop.is_set():
+            entries = self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
+            entries += self.outbox.read(self.redis, self.name, BATCH, block_ms=200)
+            if entries:
+                self._publish(entries)
+
+    def _publish(self, entries: list[Entry]) -> None:
+        futures = [
+            self._producer.send(self.settings.health_topic, key=sync_id.encode(), value=event)
+            for _, sync_id, event in entries
+        ]
+        self._producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+        self.outbox.done(self.redis, [entry_id for entry_id, _, _ in entries])
+        self.published += len(entries)
