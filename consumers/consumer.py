@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
 from consumers.kafka import ensure_topics, make_producer
-from consumers.processor import BatchResult, Processor
+from consumers.processor import BatchResult, Processor, ViewCache
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,18 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Tracks owned partitions; processing is synchronous in the poll thread, so a revoke
     never finds a batch in flight."""
 
-    def __init__(self, owned: set[int]) -> None:
+    def __init__(self, owned: set[int], cache: ViewCache) -> None:
         self.owned = owned
+        self.cache = cache
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self.cache.clear()  # another process may write these syncs before we see them again
         self.owned.difference_update(tp.partition for tp in revoked)
         if revoked:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.cache.clear()
         self.owned.update(tp.partition for tp in assigned)
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
@@ -80,7 +83,7 @@ class SyncConsumer:
         self.settings = settings
         self.redis = redis
         self.processor = Processor(
-            redis, settings.redis_prefix, settings.kafka_topic, thresholds=settings.thresholds()
+            redis, settings.redis_prefix, settings.kafka_topic, cache_size=settings.view_cache_size
         )
         self._owned: set[int] = set()
         self.on_batch = on_batch
@@ -166,7 +169,9 @@ class SyncConsumer:
             make_producer(s.kafka_bootstrap_servers, security), s.kafka_dlq_topic
         )
         try:
-            consumer.subscribe([s.kafka_topic], listener=_Listener(self._owned))
+            consumer.subscribe(
+                [s.kafka_topic], listener=_Listener(self._owned, self.processor.cache)
+            )
             self.state.kafka_ok = True
             while not self._stop.is_set():
                 records = consumer.poll(
@@ -185,6 +190,7 @@ class SyncConsumer:
         finally:
             self._consumer = None
             self._owned.clear()
+            self.processor.cache.clear()
             dlq.producer.close(timeout=5)
             consumer.close(autocommit=False, timeout_ms=5000)
             log.info("consumer closed and left group %s", s.kafka_group_id)

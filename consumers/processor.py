@@ -6,7 +6,7 @@ Kafka-free on purpose, so the benchmark and the tests drive exactly what the con
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,14 +16,14 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from consumers.decode import DecodeError, RawMessage, decode, type_label
-from monitor.engine import HealthEngine, incidents_of
+from monitor.engine import HealthEngine
 from monitor.enums import Outcome
 from monitor.events import Envelope, event_type
 from monitor.fold import Position, step
 from monitor.health import Health, ThresholdBook, Thresholds
 from monitor.store.counters import EventCounters
+from monitor.store.due import DueIndex
 from monitor.store.fences import Fences
-from monitor.store.health import HealthViews
 from monitor.store.indexes import Indexes, entries
 from monitor.store.providers import ProviderViews
 from monitor.store.syncs import SyncViews
@@ -66,8 +66,44 @@ class BatchResult:
     commit_offsets: dict[int, int] = field(default_factory=dict)
 
 
+class ViewCache:
+    """Views this process wrote last, so a hot sync is not re-read and re-parsed every batch.
+
+    Valid only while this process alone writes its partitions: cleared on any rebalance,
+    on a lost WATCH and on any Redis error (then Redis may hold a write we did not see).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._views: OrderedDict[str, SyncView] = OrderedDict()
+
+    def get(self, sync_id: str) -> SyncView | None:
+        view = self._views.get(sync_id)
+        if view is not None:
+            self._views.move_to_end(sync_id)
+        return view
+
+    def put(self, view: SyncView) -> None:
+        if self.size <= 0:
+            return
+        self._views[view.id] = view
+        self._views.move_to_end(view.id)
+        while len(self._views) > self.size:
+            self._views.popitem(last=False)
+
+    def clear(self) -> None:
+        self._views.clear()
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
 class Processor:
-    """Folds batches of one topic into Redis; each batch is one fenced transaction."""
+    """Folds batches of one topic into Redis; each batch is one fenced transaction.
+
+    Health is not evaluated here: every sync a batch touched is marked due now, and the
+    health engine evaluates it right after (the consumer wakes the scheduler).
+    """
 
     def __init__(
         self,
@@ -75,18 +111,19 @@ class Processor:
         prefix: str,
         topic: str,
         clock: Callable[[], datetime] = utcnow,
-        thresholds: ThresholdBook | None = None,
+        cache_size: int = 50_000,
     ) -> None:
         self.client = client
         self.topic = topic
         self.clock = clock
         self.syncs = SyncViews(prefix)
         self.providers = ProviderViews(prefix)
-        self.healths = HealthViews(prefix)
         self.indexes = Indexes(prefix)
         self.fences = Fences(prefix)
         self.counters = EventCounters(prefix)
-        self.engine = HealthEngine(prefix, thresholds or ThresholdBook(Thresholds()), clock)
+        self.due = DueIndex(prefix)
+        self.engine = HealthEngine(prefix, ThresholdBook(Thresholds()), clock)
+        self.cache = ViewCache(cache_size)
 
     def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
         """Drops what Redis already holds (one round trip) and decodes the rest."""
@@ -108,70 +145,90 @@ class Processor:
     def write(self, prepared: Prepared) -> BatchResult:
         """Folds and commits the batch; retried from fresh reads if another writer raced."""
         watched = [self.fences.key(self.topic, p) for p in sorted(prepared.last_offsets)]
-        watched += [self.healths.key(i) for i in _sync_ids(prepared.events)]
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                    result = self._fold_and_queue(pipe, prepared)
+                    result, views = self._fold_and_queue(pipe, prepared)
                     pipe.execute()
-                    return result
                 except WatchError:
-                    log.info("fence or health moved under a batch of %s; re-reading", self.topic)
+                    log.info("fence moved under a batch of %s; re-reading", self.topic)
+                    self.cache.clear()
                     continue
+                except Exception:
+                    self.cache.clear()
+                    raise
+                for view in views:
+                    self.cache.put(view)
+                return result
 
     def process(self, messages: Sequence[RawMessage]) -> tuple[Prepared, BatchResult]:
         """prepare + write, for callers with no dead-letter producer to run in between."""
         prepared = self.prepare(messages)
         return prepared, self.write(prepared)
 
-    def _fold_and_queue(self, pipe: Pipeline, prepared: Prepared) -> BatchResult:
+    def _load(self, pipe: Pipeline, sync_ids: list[str]) -> dict[str, SyncView | None]:
+        views: dict[str, SyncView | None] = {}
+        missing = []
+        for sync_id in sync_ids:
+            cached = self.cache.get(sync_id)
+            if cached is None:
+                missing.append(sync_id)
+            else:
+                views[sync_id] = cached
+        if missing:
+            views.update(zip(missing, self.syncs.get_many(pipe, missing), strict=True))
+        return views
+
+    def _fold_and_queue(
+        self, pipe: Pipeline, prepared: Prepared
+    ) -> tuple[BatchResult, list[SyncView]]:
         parts = sorted(prepared.last_offsets)
         fences = self.fences.get_many(pipe, self.topic, parts)
         events = [(m, e) for m, e in prepared.events if m.offset > fences[m.partition]]
-        sync_ids = _sync_ids(events)
-        n = len(sync_ids)
-        loaded = pipe.mget(self.syncs.keys(sync_ids) + self.healths.keys(sync_ids)) if n else []
-        old_syncs = {i: self.syncs.parse(r) for i, r in zip(sync_ids, loaded[:n], strict=True)}
-        old_health = {
-            i: None if r is None else Health.model_validate_json(r)
-            for i, r in zip(sync_ids, loaded[n:], strict=True)
-        }
-        old_providers = self.providers.all(pipe) if events else {}
+        old_syncs = self._load(pipe, _subjects(events, provider=False))
+        provider_names = _subjects(events, provider=True)
+        old_providers = dict(
+            zip(provider_names, self.providers.get_many(pipe, provider_names), strict=True)
+        )
 
         result = BatchResult()
         syncs: dict[str, SyncView | None] = dict(old_syncs)
         providers: dict[str, ProviderView | None] = dict(old_providers)
+        counts = result.counts
         for message, event in events:
             at = Position(message.partition, message.offset)
             store: dict[str, SyncView | None] | dict[str, ProviderView | None]
             store = providers if _is_provider(event) else syncs
-            outcome_step = step(store.get(event.subject), event, at)
+            outcome_step = step(store[event.subject], event, at)
             store[event.subject] = outcome_step.view  # type: ignore[assignment]
-            result.counts[(type_label(event.type), outcome_step.outcome.value)] += 1
+            counts[(type_label(event.type), outcome_step.outcome.value)] += 1
         for dead in prepared.dead:
             if dead.message.offset > fences[dead.message.partition]:
-                result.counts[(dead.type_label, Outcome.INVALID.value)] += 1
-        current = {k: v for k, v in providers.items() if v is not None}
+                counts[(dead.type_label, Outcome.INVALID.value)] += 1
 
         pipe.multi()
-        now = self.clock()
-        for sync_id, view in syncs.items():
-            old = old_syncs[sync_id]
-            if view is None or view is old:
-                continue
-            self.syncs.put(pipe, view)
-            live = not view.deleted and view.known
-            self.indexes.update(pipe, sync_id, entries(old), entries(view), live)
-            if live:
-                incidents = incidents_of(current, view.provider)
-                health = self.engine.stage(pipe, view, old_health[sync_id], incidents, now)
-                result.health[sync_id] = health
+        changes = [
+            (view, old_syncs[i])
+            for i, view in syncs.items()
+            if view is not None and view is not old_syncs[i]
+        ]
+        self.syncs.put_many(pipe, changes)
+        self.indexes.update_many(
+            pipe, [(view.id, entries(old), entries(view)) for view, old in changes]
+        )
+        due_now: dict[int | None, list[str]] = {}
+        for view, _ in changes:
+            if not view.deleted and view.known:
+                due_now.setdefault(view.applied.partition, []).append(view.id)
             else:
-                self.engine.forget(pipe, sync_id, old_health[sync_id], view.applied.partition)
-            result.touched.add(sync_id)
+                self.engine.forget(pipe, view.id, None, view.applied.partition)
+            result.touched.add(view.id)
+        for partition, ids in due_now.items():
+            self.due.schedule_many(pipe, partition, ids, EVALUATE_NOW)
+        written = [view for view, _ in changes]
         for name, pview in providers.items():
-            if pview is not None and pview is not old_providers.get(name):
+            if pview is not None and pview is not old_providers[name]:
                 self.providers.put(pipe, pview)
                 result.providers.add(name)
         self.engine.request_fanout(pipe, result.providers)
@@ -179,12 +236,15 @@ class Processor:
             if offset > fences[partition]:
                 self.fences.put(pipe, self.topic, partition, offset)
             result.commit_offsets[partition] = offset + 1
-        self.counters.add(pipe, result.counts)
-        return result
+        self.counters.add(pipe, counts)
+        return result, written
 
 
-def _sync_ids(events: Sequence[tuple[RawMessage, Envelope]]) -> list[str]:
-    return sorted({e.subject for _, e in events if not _is_provider(e)})
+EVALUATE_NOW = datetime.fromtimestamp(0, UTC)  # a deadline long past: due at the next tick
+
+
+def _subjects(events: Sequence[tuple[RawMessage, Envelope]], provider: bool) -> list[str]:
+    return sorted({e.subject for _, e in events if _is_provider(e) is provider})
 
 
 def _is_provider(event: Envelope) -> bool:

@@ -16,8 +16,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitor.engine import incidents_of
 from monitor.enums import HealthStatus, SyncStatus
-from monitor.health import Health, evaluate
+from monitor.health import Health, checks, credential_health, evaluate, provider_health
 from monitor.schemas import (
     ErrorOut,
     HealthDetail,
@@ -30,8 +31,9 @@ from monitor.schemas import (
 from monitor.settings import Settings
 from monitor.store.health import HealthViews
 from monitor.store.indexes import Indexes
+from monitor.store.providers import ProviderViews
 from monitor.store.syncs import SyncViews
-from monitor.views import SyncView
+from monitor.views import ProviderView, SyncView
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Runtime:
         self.syncs = SyncViews(prefix)
         self.healths = HealthViews(prefix)
         self.indexes = Indexes(prefix)
+        self.providers = ProviderViews(prefix)
+        self.thresholds = self.settings.thresholds()
 
 
 class ApiError(Exception):
@@ -113,35 +117,52 @@ RT = Annotated[Runtime, Depends(runtime)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 401: {"model": ErrorOut}}
 
 
-def _health_of(view: SyncView, stored: Health | None) -> Health:
-    """Stored health; a sync written but not yet evaluated is evaluated on the spot."""
-    return stored if stored is not None else evaluate(view, datetime.now(UTC))
+def _health_of(
+    rt: Runtime, view: SyncView, stored: Health | None, providers: dict[str, ProviderView]
+) -> Health:
+    """Stored status and history, with what derives from the view and incidents filled in.
+
+    A sync written but not yet evaluated is evaluated on the spot.
+    """
+    incidents = incidents_of(providers, view.provider)
+    if stored is None:
+        thresholds = rt.thresholds.for_provider(view.provider)
+        return evaluate(view, datetime.now(UTC), thresholds, incidents)
+    return stored.model_copy(
+        update={"credential": credential_health(view), "provider": provider_health(incidents)}
+    )
 
 
-def _load(rt: Runtime, sync_id: str) -> tuple[SyncView, Health]:
+def _load(rt: Runtime, sync_id: str) -> tuple[SyncView, Health, dict[str, ProviderView]]:
     if not sync_id or len(sync_id) > 256:
         raise ApiError(404, "not_found", "no such sync")
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.get(rt.syncs.key(sync_id))
-    pipe.get(rt.healths.key(sync_id))
-    raw_view, raw_health = pipe.execute()
-    view = rt.syncs.parse(raw_view)
+    raw: list[Any] = rt.redis.mget([*rt.syncs.keys([sync_id]), rt.healths.key(sync_id)])
+    raw_seed, raw_facts, raw_health = raw
+    view = rt.syncs.parse(sync_id, raw_seed, raw_facts)
     if view is None or view.deleted or not view.known:
         raise ApiError(404, "not_found", f"no sync with id {sync_id!r}")
-    health = None if raw_health is None else Health.model_validate_json(raw_health)
-    return view, _health_of(view, health)
+    providers = rt.providers.all(rt.redis)
+    health = _health_of(rt, view, rt.healths.parse(sync_id, raw_health), providers)
+    return view, health, providers
 
 
 @router.get("/syncs/{sync_id}", response_model=SyncOut, responses=NOT_FOUND)
 def get_sync(sync_id: str, rt: RT) -> SyncOut:
     """One sync, shaped as the seed's sync object."""
-    return sync_out(*_load(rt, sync_id))
+    view, health, _ = _load(rt, sync_id)
+    return sync_out(view, health)
 
 
 @router.get("/syncs/{sync_id}/health", response_model=HealthDetail, responses=NOT_FOUND)
 def get_sync_health(sync_id: str, rt: RT) -> HealthDetail:
-    """The sync's health with one entry per check."""
-    return HealthDetail.of(_load(rt, sync_id)[1])
+    """The sync's stored status and history, with every check as of now."""
+    view, health, providers = _load(rt, sync_id)
+    incidents = incidents_of(providers, view.provider)
+    thresholds = rt.thresholds.for_provider(view.provider)
+    now = datetime.now(UTC)
+    return HealthDetail.of(health).model_copy(
+        update={"checks": list(checks(view, now, thresholds, incidents))}
+    )
 
 
 @router.get("/summary", response_model=Summary)
@@ -150,17 +171,18 @@ def summary(rt: RT) -> Summary:
     statuses = list(HealthStatus)
     providers = rt.indexes.values(rt.redis, "provider")
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.zcard(rt.indexes.all_key)
+    for key in rt.indexes.all_keys:
+        pipe.zcard(key)
     for s in statuses:
-        pipe.zcard(rt.indexes.key("health.status", s.value))
+        pipe.scard(rt.indexes.key("health.status", s.value))
     for p in providers:
-        pipe.zcard(rt.indexes.key("provider", p))
+        pipe.scard(rt.indexes.key("provider", p))
         for s in statuses:
-            pipe.zintercard(
+            pipe.sintercard(
                 2, [rt.indexes.key("provider", p), rt.indexes.key("health.status", s.value)]
             )
     counts = iter(pipe.execute())
-    total = int(next(counts))
+    total = sum(int(next(counts)) for _ in rt.indexes.all_keys)
     by_health = {s: int(next(counts)) for s in statuses}
     by_provider = {}
     for p in providers:
@@ -219,8 +241,9 @@ def list_syncs(
     ids, more = rt.indexes.page(rt.redis, filters, after, limit)
     views = rt.syncs.get_many(rt.redis, ids)
     healths = rt.healths.get_many(rt.redis, ids)
+    providers = rt.providers.all(rt.redis) if ids else {}
     data = [
-        sync_out(v, _health_of(v, h))
+        sync_out(v, _health_of(rt, v, h, providers))
         for v, h in zip(views, healths, strict=True)
         if v is not None and not v.deleted and v.known
     ]

@@ -34,8 +34,8 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def wake(result: BatchResult, scheduler: HealthScheduler | None) -> None:
-    """A provider's incident changed in this batch: re-evaluate its syncs now, not next tick."""
-    if result.providers and scheduler is not None:
+    """Evaluate the syncs a batch touched (and any provider fan-out) now, not at the next tick."""
+    if (result.touched or result.providers) and scheduler is not None:
         scheduler.wake()
 
 

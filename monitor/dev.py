@@ -7,7 +7,7 @@ import threading
 
 from consumers.kafka import ensure_topics
 from monitor import simulate
-from monitor.cli import configure_logging, serve
+from monitor.cli import configure_logging, serve, tune_gc
 from monitor.services import free_port, start_broker, start_redis
 from monitor.settings import load_settings
 
@@ -40,6 +40,7 @@ def run_dev(syncs: int, rate: float, port: int, seed: int | None) -> int:
             kafka_max_poll_interval_ms=10_000,
         )
         configure_logging(settings.log_level)
+        tune_gc()
         ensure_topics(
             broker.bootstrap,
             {

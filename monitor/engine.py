@@ -15,6 +15,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from monitor.enums import HealthStatus
 from monitor.health import Health, ThresholdBook, evaluate, next_deadline
 from monitor.store.base import Client, text
 from monitor.store.due import DueIndex
@@ -102,7 +103,7 @@ class HealthEngine:
         if previous is None or previous.status is not health.status:
             old = {(HEALTH_FIELD, previous.status.value)} if previous is not None else set()
             new = {(HEALTH_FIELD, health.status.value)}
-            self.indexes.update(pipe, view.id, frozenset(old), frozenset(new), live=True)
+            self.indexes.update(pipe, view.id, frozenset(old), frozenset(new))
             self.outbox.add(pipe, view.id, change_event(previous, health))
         deadline = next_deadline(view, now, thresholds, health)
         self.due.schedule(pipe, view.applied.partition, view.id, deadline)
@@ -113,8 +114,9 @@ class HealthEngine:
     ) -> None:
         """A deleted sync leaves no health, index entry or deadline behind."""
         self.healths.delete(pipe, sync_id)
-        if previous is not None:
-            pipe.zrem(self.indexes.key(HEALTH_FIELD, previous.status.value), sync_id)
+        statuses = [previous.status] if previous is not None else list(HealthStatus)
+        for status in statuses:
+            pipe.srem(self.indexes.key(HEALTH_FIELD, status.value), sync_id)
         self.due.schedule(pipe, partition, sync_id, None)
 
     def request_fanout(self, pipe: Client, providers: Iterable[str]) -> None:
@@ -156,7 +158,7 @@ class HealthEngine:
         done = 0
         for raw in client.smembers(self.fanout_key):
             name = text(raw)
-            ids = [text(m) for m in client.zrange(self.indexes.key("provider", name), 0, -1)]
+            ids = self.indexes.members(client, "provider", name)
             done += self.evaluate_ids(client, ids)
             client.srem(self.fanout_key, name)
         return done
@@ -173,8 +175,9 @@ class HealthEngine:
         health_keys = [self.healths.key(i) for i in ids]
         pipe.watch(*health_keys)  # type: ignore[no-untyped-call]
         raw = pipe.mget(self.syncs.keys(ids) + health_keys)
-        views = [self.syncs.parse(r) for r in raw[: len(ids)]]
-        healths = [None if r is None else Health.model_validate_json(r) for r in raw[len(ids) :]]
+        views = self.syncs.parse_many(ids, raw[: 2 * len(ids)])
+        raw_healths = raw[2 * len(ids) :]
+        healths = [self.healths.parse(i, r) for i, r in zip(ids, raw_healths, strict=True)]
         providers = self.providers.all(pipe)
         now = self.clock()
         pipe.multi()

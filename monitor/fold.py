@@ -35,6 +35,7 @@ from monitor.views import (
     LastRun,
     ProviderView,
     SyncView,
+    evolve,
 )
 
 View = SyncView | ProviderView
@@ -103,7 +104,7 @@ def _record(view: V, event: Envelope, at: Position | None) -> V:
         at.partition if at else None,
         at.offset if at else None,
     )
-    return view.model_copy(update={"applied": applied, "last_event_at": event.time})
+    return evolve(view, **{"applied": applied, "last_event_at": event.time})
 
 
 def _data(event: Envelope) -> Any:
@@ -128,14 +129,14 @@ def _with_fields(
     if fields.status is not view.status:
         values["status_changed_at"] = time
         values["disabled_reason"] = None  # a reason belongs to the sync.disabled that set it
-    return view.model_copy(update=values)
+    return evolve(view, **values)
 
 
 def _created(view: SyncView, event: Envelope) -> SyncView:
     fields: SyncFields = _data(event)
     if view.deleted:
         view = SyncView(id=view.id, applied=view.applied)
-    view = view.model_copy(update={"known": True})
+    view = evolve(view, known=True)
     view = _with_fields(view, fields, event.time, fields.updated_at)
     return _complete_backfill(view)
 
@@ -154,23 +155,25 @@ def _updated(view: SyncView, event: Envelope) -> SyncView:
 def _disabled(view: SyncView, event: Envelope) -> SyncView:
     data: Empty = _data(event)
     changed = view.status is not SyncStatus.DISABLED
-    return view.model_copy(
-        update={
+    return evolve(
+        view,
+        **{
             "status": SyncStatus.DISABLED,
             "disabled_reason": data.reason,
             "status_changed_at": event.time if changed else view.status_changed_at,
-        }
+        },
     )
 
 
 def _enabled(view: SyncView, event: Envelope) -> SyncView:
     changed = view.status is not SyncStatus.ACTIVE
-    return view.model_copy(
-        update={
+    return evolve(
+        view,
+        **{
             "status": SyncStatus.ACTIVE,
             "disabled_reason": None,
             "status_changed_at": event.time if changed else view.status_changed_at,
-        }
+        },
     )
 
 
@@ -180,7 +183,7 @@ def _deleted(view: SyncView, event: Envelope) -> SyncView:
 
 def _activity(view: SyncView, time: datetime, **update: Any) -> SyncView:
     update.setdefault("first_activity_at", view.first_activity_at or time)
-    return view.model_copy(update=update)
+    return evolve(view, **update)
 
 
 def _run_started(view: SyncView, event: Envelope) -> SyncView:
@@ -196,15 +199,16 @@ def _run_of(view: SyncView, run_id: str) -> LastRun:
 
 def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
     data: RunSucceeded = _data(event)
-    run = _run_of(view, data.run_id).model_copy(
-        update={
+    run = evolve(
+        _run_of(view, data.run_id),
+        **{
             "finished_at": event.time,
             "succeeded": True,
             "records_upserted": data.records_upserted,
             "records_deleted": data.records_deleted,
             "duration_ms": data.duration_ms,
             "error": None,
-        }
+        },
     )
     return _activity(
         view,
@@ -218,8 +222,9 @@ def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
 
 def _run_failed(view: SyncView, event: Envelope) -> SyncView:
     data: RunFailed = _data(event)
-    run = _run_of(view, data.run_id).model_copy(
-        update={"finished_at": event.time, "succeeded": False, "error": data.error}
+    run = evolve(
+        _run_of(view, data.run_id),
+        **{"finished_at": event.time, "succeeded": False, "error": data.error},
     )
     return _activity(
         view,
@@ -233,30 +238,30 @@ def _run_failed(view: SyncView, event: Envelope) -> SyncView:
 
 def _credential_failed(view: SyncView, event: Envelope) -> SyncView:
     data: CredentialFailed = _data(event)
-    return view.model_copy(
-        update={
+    return evolve(
+        view,
+        **{
             "credential_status": CredentialStatus.FAILED,
             "credential_failed_at": event.time,
             "credential_problem": CredentialProblem(
                 http_status=data.http_status, message=data.message
             ),
-        }
+        },
     )
 
 
 def _credential_recovered(view: SyncView, event: Envelope) -> SyncView:
-    return view.model_copy(
-        update={"credential_status": CredentialStatus.VALID, "credential_problem": None}
-    )
+    return evolve(view, **{"credential_status": CredentialStatus.VALID, "credential_problem": None})
 
 
 def _rate_limited(view: SyncView, event: Envelope) -> SyncView:
     data: RateLimited = _data(event)
-    return view.model_copy(
-        update={
+    return evolve(
+        view,
+        **{
             "last_rate_limited_at": event.time,
             "retry_after_seconds": float(data.retry_after_seconds),
-        }
+        },
     )
 
 
@@ -280,13 +285,14 @@ def _progress(view: SyncView, collection_id: str) -> CollectionProgress:
 def _backfill_progressed(view: SyncView, event: Envelope) -> SyncView:
     data: BackfillProgressed = _data(event)
     old = _progress(view, data.collection_id)
-    new = old.model_copy(
-        update={
+    new = evolve(
+        old,
+        **{
             "records_synced": data.records_synced,
             "estimated_total": data.estimated_total
             if data.estimated_total is not None
             else old.estimated_total,
-        }
+        },
     )
     return _activity(
         view,
@@ -298,8 +304,9 @@ def _backfill_progressed(view: SyncView, event: Envelope) -> SyncView:
 
 def _collection_completed(view: SyncView, event: Envelope) -> SyncView:
     data: CollectionCompleted = _data(event)
-    new = _progress(view, data.collection_id).model_copy(
-        update={"records_synced": data.records_synced, "completed_at": event.time}
+    new = evolve(
+        _progress(view, data.collection_id),
+        **{"records_synced": data.records_synced, "completed_at": event.time},
     )
     view = _activity(
         view,
@@ -324,7 +331,7 @@ def _complete_backfill(view: SyncView, time: datetime | None = None) -> SyncView
     finished = [at for at in done if at is not None]
     if not required or len(finished) < len(required):
         return view
-    return view.model_copy(update={"initial_backfill_completed_at": time or max(finished)})
+    return evolve(view, **{"initial_backfill_completed_at": time or max(finished)})
 
 
 _SYNC_HANDLERS: dict[EventType, Callable[[SyncView, Envelope], SyncView]] = {
@@ -351,13 +358,13 @@ _SYNC_HANDLERS: dict[EventType, Callable[[SyncView, Envelope], SyncView]] = {
 def _incident_opened(view: ProviderView, event: Envelope) -> ProviderView:
     data: IncidentOpened = _data(event)
     incident = Incident(incident_id=data.incident_id, opened_at=event.time, notes=tuple(data.notes))
-    return view.model_copy(update={"incidents": {**view.incidents, data.incident_id: incident}})
+    return evolve(view, **{"incidents": {**view.incidents, data.incident_id: incident}})
 
 
 def _incident_resolved(view: ProviderView, event: Envelope) -> ProviderView:
     data: IncidentResolved = _data(event)
     incidents = {k: v for k, v in view.incidents.items() if k != data.incident_id}
-    return view.model_copy(update={"incidents": incidents})
+    return evolve(view, **{"incidents": incidents})
 
 
 _PROVIDER_HANDLERS: dict[EventType, Callable[[ProviderView, Envelope], ProviderView]] = {

@@ -80,7 +80,7 @@ class ProviderHealth(BaseModel):
 class Health(BaseModel):
     """A sync's health: the worst check wins, with when it began and what led there."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_temporal="seconds")
 
     sync_id: str
     status: HealthStatus
@@ -131,7 +131,8 @@ def check_freshness(view: SyncView, now: datetime, t: Thresholds) -> Check:
         if view.last_success_at and view.last_success_at > completed
         else completed
     )
-    since_what = "successful run" if view.last_success_at else "successful run since the backfill"
+    from_success = base is view.last_success_at  # else from the backfill's completion
+    since_what = "successful run" if from_success else "successful run since the backfill"
     message = (
         f"no {since_what} for {_ago((now - base).total_seconds())}; "
         f"expected every {_ago(interval.total_seconds())}"
@@ -215,7 +216,7 @@ def check_backfill(view: SyncView, now: datetime, t: Thresholds) -> Check:
             name="backfill", status=OK, message="initial backfill complete",
             since=view.initial_backfill_completed_at,
         )  # fmt: skip
-    last = view.last_backfill_event_at or view.backfill_started_at
+    last = view.last_backfill_event_at or view.backfill_started_at or view.created_at
     done = sum(1 for p in view.backfill.values() if p.completed_at is not None)
     total = len(view.collection_ids) or len(view.backfill)
     progress = f"{done} of {total} collections complete"
@@ -299,22 +300,30 @@ def evaluate(
         in_status_since=since,
         last_healthy_at=_last_healthy(status, since, now, previous),
         erroring_since=since if status is ERROR else None,
-        credential=CredentialHealth(
-            status=view.credential_status,
-            notes=(view.credential_problem.message,)
-            if view.credential_problem and view.credential_problem.message
-            else (),
-            time=view.credential_failed_at
-            if view.credential_status is CredentialStatus.FAILED
-            else None,
-        ),
-        provider=ProviderHealth(
-            status="incident" if incidents else "operational",
-            notes=tuple(n for i in incidents for n in i.notes),
-        ),
+        credential=credential_health(view),
+        provider=provider_health(incidents),
         pending=pending,
         pending_since=pending_since,
         transitions=_transitions(status, previous),
+    )
+
+
+def credential_health(view: SyncView) -> CredentialHealth:
+    """The seed's richer `credential {status, notes, time}`, from the view alone."""
+    problem = view.credential_problem
+    failed = view.credential_status is CredentialStatus.FAILED
+    return CredentialHealth(
+        status=view.credential_status,
+        notes=(problem.message,) if problem is not None and problem.message else (),
+        time=view.credential_failed_at if failed else None,
+    )
+
+
+def provider_health(incidents: Sequence[Incident]) -> ProviderHealth:
+    """The seed's richer `provider {status, notes}`, from the open incidents."""
+    return ProviderHealth(
+        status="incident" if incidents else "operational",
+        notes=tuple(n for i in incidents for n in i.notes),
     )
 
 
@@ -336,9 +345,7 @@ def _settle(
         return worst, None, None
     if worst is HealthStatus.PAUSED or previous.status is HealthStatus.PAUSED:
         return worst, None, None  # an operator's disable or enable is never held back
-    pending_since = previous.pending_since if previous.pending is worst else None
-    if pending_since is None:
-        pending_since = min((c.since for c in found if c.status is worst and c.since), default=now)
+    pending_since = _began(worst, found, now, previous)
     if now - pending_since >= timedelta(seconds=t.hysteresis_seconds):
         return worst, None, None
     return previous.status, worst, pending_since
@@ -349,6 +356,18 @@ def _status_since(
 ) -> datetime:
     if previous is not None and previous.status is status and previous.in_status_since:
         return previous.in_status_since
+    return _began(status, found, now, previous)
+
+
+def _began(
+    status: HealthStatus, found: Sequence[Check], now: datetime, previous: Health | None
+) -> datetime:
+    """When `status` began: a worse one when its checks crossed their thresholds, a better one
+    now (the checks of a better status do not say when the worse one ended)."""
+    if previous is not None and previous.pending is status and previous.pending_since:
+        return previous.pending_since  # it began when it first went pending, not when last seen
+    if previous is not None and status.rank < previous.status.rank:
+        return now
     started = min((c.since for c in found if c.status is status and c.since), default=now)
     floor = previous.evaluated_at if previous is not None else None
     if floor is not None and started < floor:
@@ -374,7 +393,8 @@ def next_deadline(
 ) -> datetime | None:
     """The next moment this sync's health could change with no new event (None: never)."""
     t = thresholds or Thresholds()
-    candidates: list[datetime] = []
+    candidates: list[datetime] = []  # strict thresholds: the change is just after these
+    exact: list[datetime] = []  # inclusive ones: the change is at these very instants
     completed = view.initial_backfill_completed_at
     if completed is not None:
         interval = t.interval(view.sync_frequency)
@@ -388,17 +408,16 @@ def next_deadline(
             base + interval * t.freshness_error_factor,
         ]
     else:
-        last = view.last_backfill_event_at or view.backfill_started_at
+        last = view.last_backfill_event_at or view.backfill_started_at or view.created_at
         if last is not None:
             candidates.append(last + timedelta(seconds=t.backfill_stall_seconds))
     if view.last_rate_limited_at is not None:
-        candidates.append(
-            view.last_rate_limited_at + timedelta(seconds=t.rate_limit_window_seconds)
-        )
+        exact.append(view.last_rate_limited_at + timedelta(seconds=t.rate_limit_window_seconds))
     if view.first_activity_at is None and view.created_at is not None:
         candidates.append(view.created_at + timedelta(seconds=t.no_activity_seconds))
     if health is not None and health.pending_since is not None:
-        candidates.append(health.pending_since + timedelta(seconds=t.hysteresis_seconds))
-    # Thresholds are strict ("more than 1x"), so the change is just after each instant.
-    future = [c + EPSILON for c in candidates if c + EPSILON > now]
+        exact.append(health.pending_since + timedelta(seconds=t.hysteresis_seconds))
+    # Thresholds are strict ("more than 1x"), so the change is just after each instant; the
+    # rate-limit window ends and a hysteresis hold is served at the instant itself.
+    future = [c for c in [c + EPSILON for c in candidates] + exact if c > now]
     return min(future) if future else None

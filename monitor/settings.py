@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     health_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    view_cache_size: Annotated[int, Field(ge=0)] = 50_000
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.enums import CredentialStatus, SyncStatus
 from monitor.events import RateLimit, RunError
 
-RECENT_EVENT_IDS = 16
+RECENT_EVENT_IDS = 8
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Model(BaseModel):
-    """Views are values: the fold returns new ones and never mutates."""
+    """Views are values: the fold returns new ones and never mutates.
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    Stored as JSON with times as epoch seconds: smaller in Redis and faster to write.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_temporal="seconds")
+
+
+def evolve(model: M, **updates: Any) -> M:
+    """A copy with some fields replaced, without validation: the fold's hot path.
+
+    `model_copy(update=...)` does the same through `copy.copy` at several times the cost;
+    callers pass values of the declared types, as with `model_copy`.
+    """
+    new = model.__class__.__new__(model.__class__)
+    values = dict(model.__dict__)
+    values.update(updates)
+    object.__setattr__(new, "__dict__", values)
+    object.__setattr__(new, "__pydantic_fields_set__", model.__pydantic_fields_set__)
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
+
+
+def event_key(event_id: str) -> str:
+    """Recent event ids are kept as 48-bit digests, 8 characters instead of a 36-char UUID;
+    a false duplicate among the last 8 ids has odds of about 1 in 3 * 10**13."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 class Applied(_Model):
@@ -28,7 +58,7 @@ class Applied(_Model):
     partition: int | None = None  # where its latest event came from: whose consumer owns it
 
     def seen(self, event_id: str) -> bool:
-        return event_id in self.event_ids
+        return event_key(event_id) in self.event_ids
 
     def replayed(self, partition: int, offset: int) -> bool:
         last = self.offsets.get(partition)
@@ -43,9 +73,10 @@ class Applied(_Model):
         offsets = self.offsets
         if partition is not None and offset is not None:
             offsets = {**offsets, partition: offset}
-        return Applied(
+        return evolve(
+            self,
             sequence=sequence if sequence is not None else self.sequence,
-            event_ids=(*self.event_ids, event_id)[-RECENT_EVENT_IDS:],
+            event_ids=(*self.event_ids, event_key(event_id))[-RECENT_EVENT_IDS:],
             offsets=offsets,
             partition=partition if partition is not None else self.partition,
         )

@@ -32,6 +32,14 @@ class DueIndex:
         else:
             pipe.zadd(self.key(partition), {sync_id: when.timestamp()})
 
+    def schedule_many(
+        self, pipe: Client, partition: int | None, sync_ids: list[str], when: datetime
+    ) -> None:
+        """One ZADD for many syncs with the same deadline."""
+        if sync_ids:
+            score = when.timestamp()
+            pipe.zadd(self.key(partition), dict.fromkeys(sync_ids, score))
+
     def due(self, client: Client, partition: int | None, now: datetime, limit: int) -> list[str]:
         found = client.zrangebyscore(self.key(partition), "-inf", now.timestamp(), 0, limit)
         return [text(m) for m in found]

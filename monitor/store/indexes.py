@@ -1,21 +1,26 @@
-"""Key family `{prefix}:idx:{field}:{value}`: sorted sets that serve list filters and cursors.
+"""Key family `{prefix}:idx:{field}:{value}`: what serves list filters and cursors.
 
-Every member has score 0, so a set is ordered by sync id and `ZRANGEBYLEX` pages through
-it from a cursor in O(log n + page) with no scan of all syncs.
+`status` sets are sorted sets with score 0: ordered by sync id, and together they hold every
+live sync, so `ZRANGEBYLEX` pages through all syncs from a cursor. The other fields are plain
+sets (half the memory of a sorted set): a filtered page reads the smallest matching set, or,
+when that set is large, walks the ordered status sets and checks membership. Either way a
+request costs O(matching syncs) or O(page / density), never a scan of all syncs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from monitor.enums import SyncStatus
 from monitor.store.base import Client, text
 from monitor.views import SyncView
 
 TEMPLATE = "{prefix}:idx:{field}:{value}"
-ALL = "{prefix}:idx:all"
 VALUES = "{prefix}:idx-values:{field}"  # which values a field has had, for summaries
+ORDERED = "status"
 FIELDS = ("provider", "status", "org_id", "stream_id", "health.status")
 CHUNK = 512
+SMALL_SET = 20_000  # up to this size a filtered page reads and sorts the whole set
 
 Entries = frozenset[tuple[str, str]]
 
@@ -38,58 +43,124 @@ class Indexes:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.all_key = ALL.format(prefix=prefix)
+        # Every live sync is in exactly one status set: together they list all syncs.
+        self.all_keys = [self.key(ORDERED, s.value) for s in SyncStatus]
 
     def key(self, field: str, value: str) -> str:
         return TEMPLATE.format(prefix=self.prefix, field=field, value=value)
 
-    def update(self, pipe: Client, sync_id: str, old: Entries, new: Entries, live: bool) -> None:
-        for field, value in old - new:
-            pipe.zrem(self.key(field, value), sync_id)
-        for field, value in new - old:
-            pipe.zadd(self.key(field, value), {sync_id: 0})
-            if field == "provider":
-                pipe.sadd(VALUES.format(prefix=self.prefix, field=field), value)
-        if live:
-            pipe.zadd(self.all_key, {sync_id: 0})
-        else:
-            pipe.zrem(self.all_key, sync_id)
+    def update(self, pipe: Client, sync_id: str, old: Entries, new: Entries) -> None:
+        self.update_many(pipe, [(sync_id, old, new)])
+
+    def update_many(self, pipe: Client, changes: list[tuple[str, Entries, Entries]]) -> None:
+        """Queues one removal and one addition per index key, however many syncs moved."""
+        removals: dict[tuple[str, str], list[str]] = {}
+        additions: dict[tuple[str, str], list[str]] = {}
+        for sync_id, old, new in changes:
+            if old == new:
+                continue
+            for entry in old - new:
+                removals.setdefault(entry, []).append(sync_id)
+            for entry in new - old:
+                additions.setdefault(entry, []).append(sync_id)
+        for (field, value), ids in removals.items():
+            if field == ORDERED:
+                pipe.zrem(self.key(field, value), *ids)
+            else:
+                pipe.srem(self.key(field, value), *ids)
+        for (field, value), ids in additions.items():
+            if field == ORDERED:
+                pipe.zadd(self.key(field, value), dict.fromkeys(ids, 0))
+            else:
+                pipe.sadd(self.key(field, value), *ids)
+        providers = {value for field, value in additions if field == "provider"}
+        if providers:
+            pipe.sadd(VALUES.format(prefix=self.prefix, field="provider"), *providers)
 
     def values(self, client: Client, field: str) -> list[str]:
         raw = client.smembers(VALUES.format(prefix=self.prefix, field=field))
         return sorted(text(v) for v in raw)
 
-    def count(self, client: Client, field: str | None = None, value: str | None = None) -> int:
-        key = self.all_key if field is None or value is None else self.key(field, value)
-        return int(client.zcard(key))
+    def members(self, client: Client, field: str, value: str) -> list[str]:
+        """Every sync id under one value of an unordered field (e.g. a provider's syncs)."""
+        return sorted(text(m) for m in client.smembers(self.key(field, value)))
 
     def page(
         self, client: Client, filters: Mapping[str, str], after: str | None, limit: int
     ) -> tuple[list[str], bool]:
         """Up to `limit` ids after the cursor matching every filter, and whether more exist."""
-        keys = [self.key(f, v) for f, v in filters.items()] or [self.all_key]
-        if len(keys) > 1:
+        drivers = [self.key(ORDERED, filters[ORDERED])] if ORDERED in filters else self.all_keys
+        checks = [self.key(f, v) for f, v in filters.items() if f != ORDERED]
+        if checks:
             pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.zcard(key)
+            for key in checks:
+                pipe.scard(key)
             sizes = pipe.execute()
-            keys = [k for _, k in sorted(zip(sizes, keys, strict=True))]
-        driver, others = keys[0], keys[1:]
+            smallest = min(zip(sizes, checks, strict=True))
+            if smallest[0] <= SMALL_SET:
+                return self._from_set(client, smallest[1], drivers, checks, after, limit)
+        return self._walk(client, drivers, checks, after, limit)
+
+    def _from_set(
+        self,
+        client: Client,
+        source: str,
+        drivers: list[str],
+        checks: list[str],
+        after: str | None,
+        limit: int,
+    ) -> tuple[list[str], bool]:
+        """Reads the smallest filter set whole, keeps what every other filter matches."""
+        ids = sorted(
+            m for m in (text(x) for x in client.smembers(source)) if after is None or m > after
+        )
+        others = [k for k in checks if k != source]
         found: list[str] = []
-        start = f"({after}" if after is not None else "-"
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            pipe = client.pipeline(transaction=False)
+            for key in others:
+                pipe.smismember(key, chunk)
+            for key in drivers:  # also narrows to the requested status, if any
+                pipe.zmscore(key, chunk)
+            replies = pipe.execute()
+            member = replies[: len(others)]
+            scores = replies[len(others) :]
+            for i, sync_id in enumerate(chunk):
+                if all(m[i] for m in member) and any(s[i] is not None for s in scores):
+                    found.append(sync_id)
+            if len(found) > limit:
+                break
+        return found[:limit], len(found) > limit
+
+    def _walk(
+        self,
+        client: Client,
+        drivers: list[str],
+        checks: list[str],
+        after: str | None,
+        limit: int,
+    ) -> tuple[list[str], bool]:
+        """Pages through the ordered status sets, keeping ids that every filter set holds."""
+        found: list[str] = []
+        start = after
         while len(found) <= limit:
-            chunk = [text(m) for m in client.zrangebylex(driver, start, "+", 0, CHUNK)]
+            lower = f"({start}" if start is not None else "-"
+            pipe = client.pipeline(transaction=False)
+            for key in drivers:
+                pipe.zrangebylex(key, lower, "+", 0, CHUNK)
+            chunk = sorted(text(m) for batch in pipe.execute() for m in batch)[:CHUNK]
             if not chunk:
                 break
             matched = chunk
-            if others:
+            if checks:
                 pipe = client.pipeline(transaction=False)
-                for key in others:
-                    pipe.zmscore(key, chunk)
-                scores = pipe.execute()
-                matched = [m for i, m in enumerate(chunk) if all(s[i] is not None for s in scores)]
+                for key in checks:
+                    pipe.smismember(key, chunk)
+                member = pipe.execute()
+                matched = [m for i, m in enumerate(chunk) if all(s[i] for s in member)]
             found.extend(matched)
-            start = f"({chunk[-1]}"
+            start = chunk[-1]
             if len(chunk) < CHUNK:
                 break
         return found[:limit], len(found) > limit
