@@ -17,6 +17,8 @@ apt_install() {  # apt_install PACKAGE...: one `apt-get update` per run, quiet i
 # Add later needs here (e.g. "prometheus:prometheus", "promtool:prometheus").
 APT_NEEDS=(
   "redis-server:redis-server"
+  "promtool:prometheus"
+  "amtool:prometheus-alertmanager"
 )
 missing=()
 for need in "${APT_NEEDS[@]}"; do
