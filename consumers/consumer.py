@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -20,6 +21,7 @@ from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
 from consumers.kafka import ensure_topics, make_producer
 from consumers.processor import BatchResult, Processor, ViewCache
+from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class ConsumerState:
     batches: int = 0
     events: int = 0
     last_error: str | None = None
+    lag: dict[int, int] = field(default_factory=dict)
 
 
 class Backoff:
@@ -79,7 +82,9 @@ class SyncConsumer:
         settings: Settings,
         redis: Redis,
         on_batch: Callable[[BatchResult], None] | None = None,
+        metrics: ProcessMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.redis = redis
         self.processor = Processor(
@@ -187,6 +192,7 @@ class SyncConsumer:
                 ]
                 if messages:
                     self._handle(consumer, dlq, messages)
+                self._measure_lag(consumer)
         finally:
             self._consumer = None
             self._owned.clear()
@@ -195,11 +201,22 @@ class SyncConsumer:
             consumer.close(autocommit=False, timeout_ms=5000)
             log.info("consumer closed and left group %s", s.kafka_group_id)
 
+    def _measure_lag(self, consumer: KafkaConsumer) -> None:
+        """Highwater (from the last fetch) minus position, for each partition owned now."""
+        lag: dict[int, int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            position = consumer.position(tp, timeout_ms=0)
+            if high is not None and position is not None:
+                lag[tp.partition] = max(0, high - position)
+        self.state.lag = lag
+
     def _handle(
         self, consumer: KafkaConsumer, dlq: DeadLetterPublisher, messages: list[RawMessage]
     ) -> None:
         """Writes the batch (retrying until Redis takes it) and then commits its offsets."""
         backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
+        started = time.perf_counter()
         while True:
             try:
                 prepared = self.processor.prepare(messages)
@@ -219,6 +236,11 @@ class SyncConsumer:
         self._commit(consumer, result)
         self.state.batches += 1
         self.state.events += len(messages)
+        if self.metrics is not None:
+            self.metrics.batch_duration.observe(time.perf_counter() - started)
+            now = datetime.now(UTC)
+            for _, event in prepared.events:
+                self.metrics.event_age.observe(max(0.0, (now - event.time).total_seconds()))
         if self.on_batch is not None:
             self.on_batch(result)
 

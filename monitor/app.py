@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from consumers.consumer import SyncConsumer
@@ -17,6 +21,7 @@ from consumers.publisher import HealthPublisher
 from monitor import __version__
 from monitor.api import Runtime, install_error_handlers, router
 from monitor.engine import HealthEngine
+from monitor.metrics import ProcessMetrics, Selection, SyncmonCollector
 from monitor.scheduler import HealthScheduler
 from monitor.settings import Settings
 
@@ -39,6 +44,37 @@ def wake(result: BatchResult, scheduler: HealthScheduler | None) -> None:
         scheduler.wake()
 
 
+def _basic_auth_ok(request: Request, expected: str) -> bool:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    try:
+        given = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return scheme.lower() == "basic" and hmac.compare_digest(given, expected.encode())
+
+
+def selection_of(settings: Settings) -> Selection:
+    return Selection(
+        per_sync=settings.metrics_per_sync,
+        providers_allow=frozenset(settings.metrics_providers_allow),
+        providers_deny=frozenset(settings.metrics_providers_deny),
+        orgs_allow=frozenset(settings.metrics_orgs_allow),
+        orgs_deny=frozenset(settings.metrics_orgs_deny),
+    )
+
+
+def refresh(process: ProcessMetrics, consumer: SyncConsumer | None, client: redis.Redis) -> None:
+    """Brings the process gauges up to date just before a scrape renders them."""
+    try:
+        process.redis.set(1 if client.ping() else 0)
+    except RedisError:
+        process.redis.set(0)
+    if consumer is not None:
+        process.kafka.set(1 if consumer.state.kafka_ok else 0)
+        process.in_group.set(1 if consumer.in_group else 0)
+        process.set_lag(consumer.state.lag)
+
+
 def create_app(settings: Settings, consume: bool = True) -> FastAPI:
     """Builds the app; nothing starts until the lifespan runs (never at import)."""
 
@@ -46,13 +82,23 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client(settings)
         engine = HealthEngine(settings.redis_prefix, settings.thresholds())
+        process = ProcessMetrics()
         consumer = publisher = scheduler = None
         if consume:
-            consumer = SyncConsumer(settings, client, on_batch=lambda r: wake(r, scheduler))
+            consumer = SyncConsumer(
+                settings, client, on_batch=lambda r: wake(r, scheduler), metrics=process
+            )
             scheduler = HealthScheduler(
-                engine, client, consumer.owned_partitions, settings.health_tick_seconds
+                engine, client, consumer.owned_partitions, settings.health_tick_seconds, process
             )
             publisher = HealthPublisher(settings, redis_client(settings))
+        app.state.collector = SyncmonCollector(
+            client,
+            settings.redis_prefix,
+            selection_of(settings),
+            process,
+            refresh=lambda: refresh(process, consumer, client),
+        )
         app.state.runtime = Runtime(settings, client)
         app.state.consumer = consumer
         app.state.scheduler = scheduler
@@ -77,6 +123,14 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        """Prometheus text format; basic auth when SYNCMON_METRICS_BASIC_AUTH is set."""
+        if settings.metrics_basic_auth and not _basic_auth_ok(request, settings.metrics_basic_auth):
+            return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="syncmon"'})
+        collector: SyncmonCollector = app.state.collector
+        return Response(collector.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -15,11 +15,11 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
-from monitor.enums import HealthStatus
+from monitor.enums import CredentialStatus, HealthStatus
 from monitor.health import Health, ThresholdBook, evaluate, next_deadline
 from monitor.store.base import Client, text
 from monitor.store.due import DueIndex
-from monitor.store.health import HealthViews
+from monitor.store.health import HealthViews, SyncRow
 from monitor.store.indexes import Indexes
 from monitor.store.outbox import Outbox
 from monitor.store.providers import ProviderViews
@@ -70,6 +70,29 @@ def change_event(previous: Health | None, health: Health) -> str:
     )
 
 
+def row_of(view: SyncView, health: Health) -> SyncRow:
+    """The metrics row of a sync: labels and facts `/metrics` renders without the view."""
+    if view.backfill_complete:
+        ratio: float | None = 1.0
+    elif view.backfill:
+        ratio = sum(p.ratio or 0.0 for p in view.backfill.values()) / len(view.backfill)
+    else:
+        ratio = None
+    return SyncRow(
+        p=view.provider,
+        o=view.org_id,
+        n=view.name,
+        f=view.sync_frequency,
+        ls=view.last_success_at,
+        le=view.last_event_at,
+        bc=int(view.backfill_complete),
+        br=ratio,
+        cf=view.consecutive_failures,
+        cr=int(view.credential_status is CredentialStatus.FAILED),
+        ck={c.name: c.status.value for c in health.checks if c.status is not HealthStatus.HEALTHY},
+    )
+
+
 class HealthEngine:
     """Evaluates and stores health; also drives the deadline index and provider fan-out."""
 
@@ -99,7 +122,7 @@ class HealthEngine:
         """Queues the new health, its index entry, its next deadline and any change event."""
         thresholds = self.book.for_provider(view.provider)
         health = evaluate(view, now, thresholds, incidents, previous)
-        self.healths.put(pipe, health)
+        self.healths.put(pipe, health, row_of(view, health))
         if previous is None or previous.status is not health.status:
             old = {(HEALTH_FIELD, previous.status.value)} if previous is not None else set()
             new = {(HEALTH_FIELD, health.status.value)}

@@ -12,6 +12,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from monitor.engine import HealthEngine
+from monitor.metrics import ProcessMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ class HealthScheduler:
         redis: Redis,
         owned: Callable[[], frozenset[int]],
         interval: float,
+        metrics: ProcessMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.engine = engine
         self.redis = redis
         self.owned = owned
@@ -70,4 +73,7 @@ class HealthScheduler:
         self.ticks += 1
         self.last_evaluated = done
         self.last_tick_seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.tick_duration.observe(self.last_tick_seconds)
+            self.metrics.evaluations.inc(done)
         return done

@@ -57,10 +57,24 @@ class Settings(BaseSettings):
     retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     view_cache_size: Annotated[int, Field(ge=0)] = 50_000
 
-    @field_validator("api_tokens", mode="before")
+    metrics_per_sync: Literal["all", "unhealthy", "none"] = "all"
+    metrics_providers_allow: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_providers_deny: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_orgs_allow: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_orgs_deny: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_basic_auth: str | None = Field(default=None, repr=False, pattern=r"^[^:]+:.+$")
+
+    @field_validator(
+        "api_tokens",
+        "metrics_providers_allow",
+        "metrics_providers_deny",
+        "metrics_orgs_allow",
+        "metrics_orgs_deny",
+        mode="before",
+    )
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
-        """`SYNCMON_API_TOKENS=a,b` is a comma-separated list; blanks are dropped."""
+        """Lists such as `SYNCMON_API_TOKENS=a,b` are comma-separated; blanks are dropped."""
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.health import Health
 from monitor.store.base import Client
 
 TEMPLATE = "{prefix}:health:{id}"
 NOT_STORED = {"checks", "credential", "provider", "sync_id"}
+
+
+class SyncRow(BaseModel):
+    """What `/metrics` needs of a sync beyond its health, kept beside it with short keys so
+    a scrape reads one small value per sync (and no view)."""
+
+    model_config = ConfigDict(frozen=True, ser_json_temporal="seconds")
+
+    p: str | None = None  # provider
+    o: str | None = None  # org_id
+    n: str | None = None  # name
+    f: str | None = None  # sync_frequency
+    ls: datetime | None = None  # last success
+    le: datetime | None = None  # last event
+    bc: int = 0  # initial backfill complete
+    br: float | None = None  # backfill progress ratio
+    cf: int = 0  # consecutive failures
+    cr: int = 0  # credential failed
+    ck: dict[str, str] = Field(default_factory=dict)  # checks that are not healthy
+
+
+class StoredHealth(Health):
+    """The stored form: health plus its metrics row."""
+
+    m: SyncRow | None = None
 
 
 class HealthViews:
@@ -39,10 +66,11 @@ class HealthViews:
         raws = client.mget([self.key(i) for i in sync_ids])
         return [self.parse(i, r) for i, r in zip(sync_ids, raws, strict=True)]
 
-    def put(self, pipe: Client, health: Health) -> None:
-        """Stores the status and its history (~150 B); what derives from the view, the
-        incidents and the clock (checks, credential, provider) is recomputed when read."""
-        stored = health.model_dump_json(exclude=NOT_STORED, exclude_defaults=True)
+    def put(self, pipe: Client, health: Health, row: SyncRow | None = None) -> None:
+        """Stores the status, its history and the metrics row; what derives from the view,
+        the incidents and the clock (checks, credential, provider) is recomputed when read."""
+        full = StoredHealth.model_construct(**health.__dict__, m=row)
+        stored = full.model_dump_json(exclude=NOT_STORED, exclude_defaults=True)
         pipe.set(self.key(health.sync_id), stored)
 
     def delete(self, pipe: Client, sync_id: str) -> None:

@@ -22,6 +22,7 @@ class Outbox:
 
     def __init__(self, prefix: str) -> None:
         self.key = TEMPLATE.format(prefix=prefix)
+        self.published_key = f"{self.key}:published"  # a hash: `count` of acknowledged entries
 
     def add(self, pipe: Client, sync_id: str, event_json: str) -> None:
         pipe.xadd(self.key, {"sync_id": sync_id, FIELD: event_json})
@@ -49,6 +50,7 @@ class Outbox:
             pipe = client.pipeline(transaction=True)
             pipe.xack(self.key, GROUP, *ids)
             pipe.xdel(self.key, *ids)
+            pipe.hincrby(self.published_key, "count", len(ids))
             pipe.execute()
 
     def pending(self, client: Conn) -> int:

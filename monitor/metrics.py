@@ -1,0 +1,283 @@
+"""`/metrics`: one collector reads a snapshot of Redis and renders every metric family.
+
+Per-sync families follow kube-state-metrics: an `_info` series for labels, a 0/1 state set
+for the health status, `_timestamp_seconds` for times, and only `sync_id` and `provider` as
+labels elsewhere. They are rendered straight to text from one compact row per sync (stored
+with its health), since 100,000 syncs make two million samples: building prometheus_client
+sample objects for them costs seconds. Process-local metrics (histograms, lag, connectivity)
+use prometheus_client in a private registry and are appended.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic_core
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis import Redis
+
+from monitor import __version__
+from monitor.enums import HealthStatus
+from monitor.store.base import text
+from monitor.store.counters import EventCounters
+from monitor.store.health import HealthViews
+from monitor.store.indexes import Indexes
+from monitor.store.outbox import Outbox
+from monitor.store.providers import ProviderViews
+
+CHUNK = 2_000
+STATUSES = [s.value for s in HealthStatus]
+UNHEALTHY = {HealthStatus.WARN.value, HealthStatus.ERROR.value}
+AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which syncs get per-sync series: `all`, `unhealthy` (warn/error) or `none`."""
+
+    per_sync: str = "all"
+    providers_allow: frozenset[str] = frozenset()
+    providers_deny: frozenset[str] = frozenset()
+    orgs_allow: frozenset[str] = frozenset()
+    orgs_deny: frozenset[str] = frozenset()
+
+    def wants(self, status: str, provider: str, org: str) -> bool:
+        if self.per_sync == "none":
+            return False
+        if self.per_sync == "unhealthy" and status not in UNHEALTHY:
+            return False
+        if (self.providers_allow and provider not in self.providers_allow) or (
+            provider in self.providers_deny
+        ):
+            return False
+        return not ((self.orgs_allow and org not in self.orgs_allow) or org in self.orgs_deny)
+
+
+@dataclass
+class ProcessMetrics:
+    """Metrics only this process knows; updated by the consumer, scheduler and publisher."""
+
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=False)
+    )
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.event_age = Histogram(
+            "syncmon_event_age_seconds", "Event time to apply, per applied event.",
+            buckets=AGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_duration = Histogram(
+            "syncmon_batch_duration_seconds", "Time to write and commit one consumed batch.",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tick_duration = Histogram(
+            "syncmon_scheduler_tick_duration_seconds", "Time of one health tick.",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.evaluations = Counter(
+            "syncmon_health_evaluations", "Syncs evaluated by this process.", registry=r
+        )
+        self.lag = Gauge(
+            "syncmon_consumer_lag", "Messages behind the end of each owned partition.",
+            ["partition"], registry=r,
+        )  # fmt: skip
+        self.kafka = Gauge("syncmon_kafka_connected", "1 while Kafka answers.", registry=r)
+        self.redis = Gauge("syncmon_redis_connected", "1 while Redis answers.", registry=r)
+        self.in_group = Gauge(
+            "syncmon_consumer_in_group", "1 while the consumer is in its group.", registry=r
+        )
+        info = Gauge(
+            "syncmon_build_info", "Version of syncmon and Python.",
+            ["version", "python_version"], registry=r,
+        )  # fmt: skip
+        info.labels(__version__, platform.python_version()).set(1)
+
+    def set_lag(self, lags: dict[int, int]) -> None:
+        """Replaces the lag series, so a partition this process lost leaves no series."""
+        self.lag.clear()
+        for partition, lag in lags.items():
+            self.lag.labels(str(partition)).set(lag)
+
+
+def _escape(value: Any) -> str:
+    s = "" if value is None else str(value)
+    if "\\" in s or '"' in s or "\n" in s:
+        s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return s
+
+
+def _num(value: Any) -> str:
+    return (
+        "NaN" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
+    )
+
+
+@dataclass
+class _Family:
+    name: str
+    kind: str
+    help: str
+    lines: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        head = f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
+        return head + "".join(self.lines)
+
+
+class SyncmonCollector:
+    """Reads the snapshot (a few round trips per 2,000 syncs) and renders the exposition."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        selection: Selection,
+        process: ProcessMetrics | None = None,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.selection = selection
+        self.process = process
+        self.refresh = refresh
+        self.indexes = Indexes(prefix)
+        self.healths = HealthViews(prefix)
+        self.counters = EventCounters(prefix)
+        self.providers = ProviderViews(prefix)
+        self.outbox = Outbox(prefix)
+
+    def render(self) -> bytes:
+        if self.refresh is not None:
+            self.refresh()
+        parts = [self._aggregates(), self._per_sync()]
+        if self.process is not None:
+            parts.append(generate_latest(self.process.registry).decode())
+        return "".join(parts).encode()
+
+    def _aggregates(self) -> str:
+        r = self.redis
+        providers = self.indexes.values(r, "provider")
+        pipe = r.pipeline(transaction=False)
+        for p in providers:
+            for s in STATUSES:
+                pipe.sintercard(
+                    2, [self.indexes.key("provider", p), self.indexes.key("health.status", s)]
+                )
+        pipe.xlen(self.outbox.key)
+        pipe.hget(self.outbox.published_key, "count")
+        replies = pipe.execute()
+        published = int(replies.pop() or 0)
+        pending = int(replies.pop())
+        counts = iter(replies)
+        syncs = _Family("syncmon_syncs", "gauge", "Syncs by provider and health status.")
+        for p in providers:
+            for s in STATUSES:
+                syncs.lines.append(
+                    f'syncmon_syncs{{provider="{_escape(p)}",health="{s}"}} {next(counts)}\n'
+                )
+        events = _Family(
+            "syncmon_events_total", "counter", "Lifecycle events consumed, by type and outcome."
+        )
+        dead = 0
+        for (kind, outcome), n in sorted(self.counters.read(r).items()):
+            events.lines.append(
+                f'syncmon_events_total{{type="{_escape(kind)}",outcome="{_escape(outcome)}"}} {n}\n'
+            )
+            dead += n if outcome == "invalid" else 0
+        dead_letters = _Family(
+            "syncmon_dead_letters_total", "counter", "Messages sent to the dead-letter topic."
+        )
+        dead_letters.lines.append(f"syncmon_dead_letters_total {dead}\n")
+        incidents = _Family(
+            "syncmon_provider_incidents_open", "gauge", "Open incidents per provider."
+        )
+        views = self.providers.all(r)
+        for p in sorted(set(providers) | set(views)):
+            n = len(views[p].incidents) if p in views else 0
+            incidents.lines.append(
+                f'syncmon_provider_incidents_open{{provider="{_escape(p)}"}} {n}\n'
+            )
+        outbox = _Family("syncmon_outbox_pending", "gauge", "Health changes not yet published.")
+        outbox.lines.append(f"syncmon_outbox_pending {pending}\n")
+        sent = _Family(
+            "syncmon_health_changes_published_total", "counter",
+            "Health changes published to the health topic (all replicas).",
+        )  # fmt: skip
+        sent.lines.append(f"syncmon_health_changes_published_total {published}\n")
+        return "".join(f.text() for f in (syncs, events, dead_letters, incidents, outbox, sent))
+
+    def _ids(self) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.indexes.all_keys:
+            pipe.zrange(key, 0, -1)
+        return sorted(text(m) for batch in pipe.execute() for m in batch)
+
+    def _rows(self, ids: list[str]) -> Iterable[tuple[str, dict[str, Any]]]:
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            raws = self.redis.mget([self.healths.key(i) for i in chunk])
+            for sync_id, raw in zip(chunk, raws, strict=True):
+                if raw is not None:
+                    yield sync_id, pydantic_core.from_json(raw)
+
+    def _per_sync(self) -> str:
+        if self.selection.per_sync == "none":
+            return ""
+        fam = {key: _Family(name, "gauge", doc) for key, (name, doc) in PER_SYNC.items()}
+        wants = self.selection.wants
+        for sync_id, h in self._rows(self._ids()):
+            row = h.get("m")
+            if row is None:
+                continue
+            status = h.get("status", "")
+            provider, org = row.get("p") or "", row.get("o") or ""
+            if not wants(status, provider, org):
+                continue
+            base = f'sync_id="{_escape(sync_id)}",provider="{_escape(provider)}"'
+            name, frequency = _escape(row.get("n")), _escape(row.get("f"))
+            fam["info"].lines.append(
+                f'syncmon_sync_info{{{base},org_id="{_escape(org)}",name="{name}",'
+                f'sync_frequency="{frequency}"}} 1\n'
+            )
+            for s in STATUSES:
+                fam["status"].lines.append(
+                    f'syncmon_sync_health_status{{{base},status="{s}"}} {1 if s == status else 0}\n'
+                )
+            values = {
+                "since": h.get("in_status_since"),
+                "success": row.get("ls"),
+                "event": row.get("le"),
+                "ratio": row.get("br"),
+                "done": row.get("bc", 0),
+                "fails": row.get("cf", 0),
+                "cred": row.get("cr", 0),
+            }
+            for key, value in values.items():
+                if value is not None:
+                    fam[key].lines.append(f"{PER_SYNC[key][0]}{{{base}}} {_num(value)}\n")
+            checks: dict[str, str] = row.get("ck") or {}
+            for check in CHECKS:
+                state = checks.get(check, "healthy")
+                fam["check"].lines.append(
+                    f'syncmon_sync_check_status{{{base},check="{check}",status="{state}"}} 1\n'
+                )
+        return "".join(f.text() for f in fam.values())
+
+
+CHECKS = ("freshness", "failures", "credential", "rate_limit", "provider", "backfill", "activity")
+PER_SYNC = {
+    "info": ("syncmon_sync_info", "Labels of each sync; always 1."),
+    "status": ("syncmon_sync_health_status", "1 for the current health status, else 0."),
+    "since": ("syncmon_sync_health_status_since_timestamp_seconds", "When the status began."),
+    "success": ("syncmon_sync_last_success_timestamp_seconds", "Time of the last success."),
+    "event": ("syncmon_sync_last_event_timestamp_seconds", "Time of the last applied event."),
+    "done": ("syncmon_sync_backfill_completed", "1 once the initial backfill completed."),
+    "ratio": ("syncmon_sync_backfill_progress_ratio", "Initial backfill progress, 0 to 1."),
+    "fails": ("syncmon_sync_consecutive_failures", "Failed runs since the last success."),
+    "cred": ("syncmon_sync_credential_failed", "1 while the credential is rejected."),
+    "check": ("syncmon_sync_check_status", "1 for each health check, with its status."),
+}
