@@ -73,7 +73,7 @@ def change_event(previous: Health | None, health: Health) -> str:
 def row_of(view: SyncView, health: Health) -> SyncRow:
     """The metrics row of a sync: labels and facts `/metrics` renders without the view."""
     if view.backfill_complete:
-        ratio: float | None = 1.0
+        ratio: float | None = None  # `bc` says it: complete
     elif view.backfill:
         ratio = sum(p.ratio or 0.0 for p in view.backfill.values()) / len(view.backfill)
     else:
@@ -86,7 +86,7 @@ def row_of(view: SyncView, health: Health) -> SyncRow:
         ls=view.last_success_at,
         le=view.last_event_at,
         bc=int(view.backfill_complete),
-        br=ratio,
+        br=None if ratio is None else round(ratio, 4),
         cf=view.consecutive_failures,
         cr=int(view.credential_status is CredentialStatus.FAILED),
         ck={c.name: c.status.value for c in health.checks if c.status is not HealthStatus.HEALTHY},
@@ -121,6 +121,7 @@ class HealthEngine:
     ) -> Health:
         """Queues the new health, its index entry, its next deadline and any change event."""
         thresholds = self.book.for_provider(view.provider)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # stored to the ms
         health = evaluate(view, now, thresholds, incidents, previous)
         self.healths.put(pipe, health, row_of(view, health))
         if previous is None or previous.status is not health.status:

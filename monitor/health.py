@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
 from monitor.views import Incident, SyncView
@@ -15,6 +16,14 @@ OK, WARN, ERROR = HealthStatus.HEALTHY, HealthStatus.WARN, HealthStatus.ERROR
 _FREQUENCY = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 EPSILON = timedelta(milliseconds=1)
+
+
+def _epoch_ms(value: datetime) -> int:
+    return round(value.timestamp() * 1000)
+
+
+# Stored health times are whole epoch milliseconds (finer adds only bytes in Redis).
+EpochMs = Annotated[datetime, PlainSerializer(_epoch_ms, return_type=int, when_used="json")]
 
 
 class Thresholds(BaseModel):
@@ -80,19 +89,19 @@ class ProviderHealth(BaseModel):
 class Health(BaseModel):
     """A sync's health: the worst check wins, with when it began and what led there."""
 
-    model_config = ConfigDict(frozen=True, ser_json_temporal="seconds")
+    model_config = ConfigDict(frozen=True)
 
     sync_id: str
     status: HealthStatus
     checks: tuple[Check, ...] = ()
-    evaluated_at: datetime
-    in_status_since: datetime | None = None
-    last_healthy_at: datetime | None = None
-    erroring_since: datetime | None = None
+    evaluated_at: EpochMs
+    in_status_since: EpochMs | None = None
+    last_healthy_at: EpochMs | None = None
+    erroring_since: EpochMs | None = None
     credential: CredentialHealth | None = None
     provider: ProviderHealth | None = None
     pending: HealthStatus | None = None  # a change waiting out the hysteresis
-    pending_since: datetime | None = None
+    pending_since: EpochMs | None = None
     transitions: int = 0  # status changes so far: numbers each published change
 
 

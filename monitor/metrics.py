@@ -117,6 +117,11 @@ def _num(value: Any) -> str:
     )
 
 
+def _seconds(epoch_ms: Any) -> float | None:
+    """Stored times are epoch milliseconds; Prometheus wants seconds."""
+    return None if epoch_ms is None else epoch_ms / 1000
+
+
 @dataclass
 class _Family:
     name: str
@@ -248,10 +253,10 @@ class SyncmonCollector:
                     f'syncmon_sync_health_status{{{base},status="{s}"}} {1 if s == status else 0}\n'
                 )
             values = {
-                "since": h.get("in_status_since"),
-                "success": row.get("ls"),
-                "event": row.get("le"),
-                "ratio": row.get("br"),
+                "since": _seconds(h.get("in_status_since")),
+                "success": _seconds(row.get("ls")),
+                "event": _seconds(row.get("le")),
+                "ratio": 1 if row.get("bc") else row.get("br"),
                 "done": row.get("bc", 0),
                 "fails": row.get("cf", 0),
                 "cred": row.get("cr", 0),

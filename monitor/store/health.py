@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.health import Health
+from monitor.health import EpochMs, Health
 from monitor.store.base import Client
 
 TEMPLATE = "{prefix}:health:{id}"
@@ -19,14 +18,14 @@ class SyncRow(BaseModel):
     """What `/metrics` needs of a sync beyond its health, kept beside it with short keys so
     a scrape reads one small value per sync (and no view)."""
 
-    model_config = ConfigDict(frozen=True, ser_json_temporal="seconds")
+    model_config = ConfigDict(frozen=True)
 
     p: str | None = None  # provider
     o: str | None = None  # org_id
     n: str | None = None  # name
     f: str | None = None  # sync_frequency
-    ls: datetime | None = None  # last success
-    le: datetime | None = None  # last event
+    ls: EpochMs | None = None  # last success
+    le: EpochMs | None = None  # last event
     bc: int = 0  # initial backfill complete
     br: float | None = None  # backfill progress ratio
     cf: int = 0  # consecutive failures
