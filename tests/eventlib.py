@@ -22,6 +22,8 @@ def recent(minutes_ago: float = 7) -> datetime:
 def iso(minute: float) -> str:
     """The API's rendering of T0 + minutes."""
     return (T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
+
+
 _ids = itertools.count(1)
 
 

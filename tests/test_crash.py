@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from monitor.services import free_port
 from monitor.simulate import history
 from monitor.store.counters import EventCounters
 from tests.eventlib import expected_fold, produce_records, stored_state
+from tests.support import as_env, fast_settings
 
 PREFIX = "crash"
 
@@ -47,20 +47,7 @@ def test_kill_9_mid_stream_then_restart_gives_the_pure_fold(
     records[100:100] = [(b"junk", b"\x00not an event", [])]  # a dead letter is counted once too
     produced = produce_records(topics.bootstrap, topics.lifecycle, records)
     port = free_port()
-    env = {
-        **os.environ,
-        "SYNCMON_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap,
-        "SYNCMON_KAFKA_TOPIC": topics.lifecycle,
-        "SYNCMON_KAFKA_DLQ_TOPIC": topics.dlq,
-        "SYNCMON_KAFKA_GROUP_ID": f"crash-{uuid.uuid4().hex[:6]}",
-        "SYNCMON_KAFKA_TOPIC_PARTITIONS": str(topics.partitions),
-        "SYNCMON_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SYNCMON_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
-        "SYNCMON_KAFKA_MAX_BATCH": "50",
-        "SYNCMON_REDIS_URL": redis_url,
-        "SYNCMON_REDIS_PREFIX": PREFIX,
-        "SYNCMON_HTTP_PORT": str(port),
-    }
+    env = as_env(fast_settings(topics, redis_url, PREFIX, kafka_max_batch=50, http_port=port))
     log = tmp_path / "monitor.log"
     client = redis.Redis.from_url(redis_url)
     total = len(records)

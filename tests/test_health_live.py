@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from monitor.app import create_app
 from monitor.services import ensure_topics, free_port
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, produce_records, recent, sync_created
+from tests.support import as_env, fast_settings
 
 FAST = {
     "health_continuous_interval_seconds": 4.0,  # warn after 4 s without success, error after 8 s
@@ -56,20 +56,7 @@ def healthy_sync(sync_id: str, provider: str = "stripe") -> list[dict[str, Any]]
 
 
 def settings_for(topics: Any, redis_url: str, health_topic: str, **extra: Any) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=topics.bootstrap,
-        kafka_topic=topics.lifecycle,
-        kafka_dlq_topic=topics.dlq,
-        kafka_group_id=f"health-{uuid.uuid4().hex[:6]}",
-        kafka_topic_partitions=topics.partitions,
-        kafka_session_timeout_ms=6000,
-        kafka_max_poll_interval_ms=10_000,
-        kafka_poll_timeout_ms=200,
-        redis_url=redis_url,
-        redis_prefix="live",
-        health_topic=health_topic,
-        **{**FAST, **extra},
-    )
+    return fast_settings(topics, redis_url, "live", health_topic=health_topic, **{**FAST, **extra})
 
 
 @pytest.fixture
@@ -219,21 +206,11 @@ def test_two_processes_in_one_group_publish_each_transition_once(
 ) -> None:
     group = f"pair-{uuid.uuid4().hex[:6]}"
     ports = [free_port(), free_port()]
-    base = {
-        **os.environ,
-        "SYNCMON_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap,
-        "SYNCMON_KAFKA_TOPIC": topics.lifecycle,
-        "SYNCMON_KAFKA_DLQ_TOPIC": topics.dlq,
-        "SYNCMON_KAFKA_GROUP_ID": group,
-        "SYNCMON_KAFKA_TOPIC_PARTITIONS": str(topics.partitions),
-        "SYNCMON_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SYNCMON_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
-        "SYNCMON_REDIS_URL": redis_url,
-        "SYNCMON_REDIS_PREFIX": "pair",
-        "SYNCMON_HEALTH_TOPIC": health_topic,
-        "SYNCMON_HEALTH_CONTINUOUS_INTERVAL_SECONDS": "4",
-        "SYNCMON_HEALTH_TICK_SECONDS": "0.2",
-    }
+    base = as_env(
+        fast_settings(
+            topics, redis_url, "pair", kafka_group_id=group, health_topic=health_topic, **FAST
+        )
+    )
     procs = [
         start_run({**base, "SYNCMON_HTTP_PORT": str(port)}, tmp_path / f"run{i}.log")
         for i, port in enumerate(ports)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -14,23 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.app import create_app
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, lifecycle, produce_records, recent
+from tests.support import fast_settings
 
 
 def settings_for(topics: Any, redis_url: str, **extra: Any) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=topics.bootstrap,
-        kafka_topic=topics.lifecycle,
-        kafka_dlq_topic=topics.dlq,
-        kafka_group_id=f"metrics-{uuid.uuid4().hex[:6]}",
-        kafka_topic_partitions=topics.partitions,
-        kafka_session_timeout_ms=6000,
-        kafka_max_poll_interval_ms=10_000,
-        kafka_poll_timeout_ms=200,
-        redis_url=redis_url,
-        redis_prefix="m",
-        health_tick_seconds=0.2,
-        **extra,
-    )
+    return fast_settings(topics, redis_url, "m", health_tick_seconds=0.2, **extra)
 
 
 def scrape(client: TestClient, **headers: str) -> dict[str, list[Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +13,10 @@ from fastapi.testclient import TestClient
 
 from monitor.app import create_app
 from monitor.services import RedisServer
-from monitor.settings import Settings
 from monitor.simulate import history
 from monitor.store.counters import EventCounters
 from tests.eventlib import expected_fold, produce_records, stored_state
+from tests.support import fast_settings
 
 PREFIX = "outage"
 
@@ -35,19 +34,8 @@ def test_redis_down_then_back_loses_nothing(topics: Any, own_redis: RedisServer)
         syncs=30, events=1200, seed=11, start=datetime(2026, 4, 1, tzinfo=UTC), step_seconds=5
     )
     records = [(m.key, m.value, m.headers) for m in wire]
-    settings = Settings(
-        kafka_bootstrap_servers=topics.bootstrap,
-        kafka_topic=topics.lifecycle,
-        kafka_dlq_topic=topics.dlq,
-        kafka_group_id=f"outage-{uuid.uuid4().hex[:6]}",
-        kafka_topic_partitions=topics.partitions,
-        kafka_session_timeout_ms=6000,
-        kafka_max_poll_interval_ms=10_000,
-        kafka_max_batch=100,
-        kafka_poll_timeout_ms=200,
-        redis_url=own_redis.url,
-        redis_prefix=PREFIX,
-        retry_max_seconds=1.0,
+    settings = fast_settings(
+        topics, own_redis.url, PREFIX, kafka_max_batch=100, retry_max_seconds=1.0
     )
     probe = redis.Redis.from_url(own_redis.url, socket_timeout=2)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from monitor.app import create_app
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, encode_binary, iso, lifecycle, recent
+from tests.support import fast_settings
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,19 +21,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def settings(topics: Any, redis_url: str) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=topics.bootstrap,
-        kafka_topic=topics.lifecycle,
-        kafka_dlq_topic=topics.dlq,
-        kafka_group_id=f"syncmon-{uuid.uuid4().hex[:6]}",
-        kafka_topic_partitions=topics.partitions,
-        kafka_session_timeout_ms=6000,
-        kafka_max_poll_interval_ms=10_000,
-        kafka_poll_timeout_ms=200,
-        redis_url=redis_url,
-        redis_prefix="it",
-        api_tokens=(TOKEN,),
-    )
+    return fast_settings(topics, redis_url, "it", api_tokens=(TOKEN,))
 
 
 @pytest.fixture

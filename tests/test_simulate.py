@@ -19,8 +19,19 @@ from monitor.simulate import LiveFeed, Message, decode, history, iter_history, l
 START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 REQUIRED = ("specversion", "id", "source", "type", "time", "subject")
 SEED_FIELDS = {
-    "provider", "stream_id", "name", "status", "org_id", "collection_ids", "rate_limit",
-    "credential_id", "credential", "max_age_days", "sync_frequency", "metadata", "created_at",
+    "provider",
+    "stream_id",
+    "name",
+    "status",
+    "org_id",
+    "collection_ids",
+    "rate_limit",
+    "credential_id",
+    "credential",
+    "max_age_days",
+    "sync_frequency",
+    "metadata",
+    "created_at",
     "updated_at",
 }
 # contract section 1: keys each type's data must carry (optional ones are not listed)
@@ -132,8 +143,9 @@ def test_every_event_is_a_valid_cloudevent(big: list[Message]) -> None:
         if etype is EventType.SYNC_CREATED:
             assert e["data"]["id"] == e["subject"]
             assert e["data"]["created_at"] == e["data"]["updated_at"] == e["time"]
-            assert all(c.startswith(e["data"]["provider"] + ":")
-                       for c in e["data"]["collection_ids"])
+            assert all(
+                c.startswith(e["data"]["provider"] + ":") for c in e["data"]["collection_ids"]
+            )
         if etype.is_provider_event:
             assert e["subject"] in PROVIDERS
 
@@ -153,8 +165,16 @@ def test_raw_secrets_are_sent_unmasked(big: list[Message]) -> None:
             continue
         cred = e["data"]["credential"]
         assert cred["id"] == e["data"]["credential_id"]
-        assert set(cred) == {"id", "provider", "properties", "oauth_app_id", "oauth_app",
-                             "metadata", "created_at", "updated_at"}
+        assert set(cred) == {
+            "id",
+            "provider",
+            "properties",
+            "oauth_app_id",
+            "oauth_app",
+            "metadata",
+            "created_at",
+            "updated_at",
+        }
         keys = secret_keys(cred["properties"])
         assert keys, cred["properties"]
         for k in keys:
@@ -168,8 +188,16 @@ def test_binary_mode_headers_and_data_only_value() -> None:
     msgs = history(10, 500, 2, START, 1.0, binary_ratio=1.0)
     for m in msgs:
         h = dict(m.headers)
-        assert {"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject",
-                "ce_sequence", "content-type"} <= h.keys()
+        assert {
+            "ce_specversion",
+            "ce_id",
+            "ce_type",
+            "ce_source",
+            "ce_time",
+            "ce_subject",
+            "ce_sequence",
+            "content-type",
+        } <= h.keys()
         assert h["ce_specversion"] == b"1.0"
         assert h["content-type"] == b"application/json"
         assert h["ce_sequence"].decode().isdigit()
@@ -212,8 +240,12 @@ def test_live_feed_shows_variety_within_a_minute() -> None:
     assert feed.poll(START + timedelta(seconds=60)) == []
     events = _events(msgs)
     types = {e["type"] for e in events}
-    assert {EventType.SYNC_CREATED, EventType.BACKFILL_COLLECTION_COMPLETED,
-            EventType.RUN_SUCCEEDED, EventType.RUN_FAILED} <= types
+    assert {
+        EventType.SYNC_CREATED,
+        EventType.BACKFILL_COLLECTION_COMPLETED,
+        EventType.RUN_SUCCEEDED,
+        EventType.RUN_FAILED,
+    } <= types
     assert types & {EventType.SYNC_DISABLED, EventType.CREDENTIAL_FAILED}
     times = [datetime.fromisoformat(e["time"]) for e in events]
     assert times == sorted(times) and times[-1] <= START + timedelta(seconds=60)
@@ -227,8 +259,11 @@ def test_live_feed_shows_variety_within_a_minute() -> None:
 def test_live_feed_runs_follow_frequency() -> None:
     feed = LiveFeed(40, 8, START)
     events = _events(feed.poll(START + timedelta(minutes=30)))
-    freq = {e["subject"]: e["data"]["sync_frequency"] for e in events
-            if e["type"] == EventType.SYNC_CREATED}
+    freq = {
+        e["subject"]: e["data"]["sync_frequency"]
+        for e in events
+        if e["type"] == EventType.SYNC_CREATED
+    }
     runs: dict[str, int] = defaultdict(int)
     for e in events:
         if e["type"] == EventType.RUN_STARTED:
@@ -256,7 +291,8 @@ def test_live_iterator_uses_the_given_clock() -> None:
 
 def test_iter_history_matches_history() -> None:
     assert [m.value for m in iter_history(5, 300, 4, START, 1.0)] == [
-        m.value for m in history(5, 300, 4, START, 1.0)]
+        m.value for m in history(5, 300, 4, START, 1.0)
+    ]
 
 
 # --- run(): the producer loop, against a fake KafkaProducer -------------------------------
@@ -285,8 +321,9 @@ class FakeProducer:
         self.fail_first, self.block_first = fail_first, block_first
         self.flushed = self.closed = False
 
-    def send(self, topic: str, key: bytes, value: bytes,
-             headers: list[tuple[str, bytes]]) -> _Future:
+    def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> _Future:
         from kafka.errors import KafkaError, KafkaTimeoutError
 
         if self.block_first:
