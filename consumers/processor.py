@@ -218,11 +218,12 @@ class Processor:
             pipe, [(view.id, entries(old), entries(view)) for view, old in changes]
         )
         due_now: dict[int | None, list[str]] = {}
-        for view, _ in changes:
+        for view, old in changes:
             if not view.deleted and view.known:
                 due_now.setdefault(view.applied.partition, []).append(view.id)
             else:
-                self.engine.forget(pipe, view.id, None, view.applied.partition)
+                provider = old.provider if old is not None else None
+                self.engine.forget(pipe, view.id, provider, view.applied.partition)
             result.touched.add(view.id)
         for partition, ids in due_now.items():
             self.due.schedule_many(pipe, partition, ids, EVALUATE_NOW)

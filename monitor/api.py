@@ -174,16 +174,15 @@ def summary(rt: RT) -> Summary:
     for key in rt.indexes.all_keys:
         pipe.zcard(key)
     for s in statuses:
-        pipe.scard(rt.indexes.key("health.status", s.value))
+        for p in providers:
+            pipe.scard(rt.indexes.health_key(p, s.value))
     for p in providers:
         pipe.scard(rt.indexes.key("provider", p))
         for s in statuses:
-            pipe.sintercard(
-                2, [rt.indexes.key("provider", p), rt.indexes.key("health.status", s.value)]
-            )
+            pipe.scard(rt.indexes.health_key(p, s.value))
     counts = iter(pipe.execute())
     total = sum(int(next(counts)) for _ in rt.indexes.all_keys)
-    by_health = {s: int(next(counts)) for s in statuses}
+    by_health = {s: sum(int(next(counts)) for _ in providers) for s in statuses}
     by_provider = {}
     for p in providers:
         provider_total = int(next(counts))

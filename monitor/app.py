@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
@@ -130,7 +131,9 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
         if settings.metrics_basic_auth and not _basic_auth_ok(request, settings.metrics_basic_auth):
             return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="syncmon"'})
         collector: SyncmonCollector = app.state.collector
-        return Response(collector.render(), media_type=CONTENT_TYPE_LATEST)
+        chunks = collector.chunks()
+        first = next(chunks)  # Redis is read here: if it is down, this is a clean 503
+        return StreamingResponse(itertools.chain([first], chunks), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

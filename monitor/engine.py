@@ -19,7 +19,7 @@ from monitor.enums import CredentialStatus, HealthStatus
 from monitor.health import Health, ThresholdBook, evaluate, next_deadline
 from monitor.store.base import Client, text
 from monitor.store.due import DueIndex
-from monitor.store.health import HealthViews, SyncRow
+from monitor.store.health import HealthViews, StoredHealth, SyncRow
 from monitor.store.indexes import Indexes
 from monitor.store.outbox import Outbox
 from monitor.store.providers import ProviderViews
@@ -28,7 +28,6 @@ from monitor.views import Incident, ProviderView, SyncView
 
 log = logging.getLogger(__name__)
 
-HEALTH_FIELD = "health.status"
 EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
 CHUNK = 500
@@ -68,6 +67,11 @@ def change_event(previous: Health | None, health: Health) -> str:
         },
         separators=(",", ":"),
     )
+
+
+def indexed_provider(previous: StoredHealth, view: SyncView) -> str | None:
+    """The provider a sync's health is indexed under: the one stored with its last health."""
+    return previous.m.p if previous.m is not None else view.provider
 
 
 def row_of(view: SyncView, health: Health) -> SyncRow:
@@ -115,7 +119,7 @@ class HealthEngine:
         self,
         pipe: Client,
         view: SyncView,
-        previous: Health | None,
+        previous: StoredHealth | None,
         incidents: Sequence[Incident],
         now: datetime,
     ) -> Health:
@@ -124,23 +128,21 @@ class HealthEngine:
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # stored to the ms
         health = evaluate(view, now, thresholds, incidents, previous)
         self.healths.put(pipe, health, row_of(view, health))
+        old = (indexed_provider(previous, view), previous.status.value) if previous else None
+        self.indexes.move_health(pipe, view.id, old, (view.provider, health.status.value))
         if previous is None or previous.status is not health.status:
-            old = {(HEALTH_FIELD, previous.status.value)} if previous is not None else set()
-            new = {(HEALTH_FIELD, health.status.value)}
-            self.indexes.update(pipe, view.id, frozenset(old), frozenset(new))
             self.outbox.add(pipe, view.id, change_event(previous, health))
         deadline = next_deadline(view, now, thresholds, health)
         self.due.schedule(pipe, view.applied.partition, view.id, deadline)
         return health
 
     def forget(
-        self, pipe: Client, sync_id: str, previous: Health | None, partition: int | None
+        self, pipe: Client, sync_id: str, provider: str | None, partition: int | None
     ) -> None:
         """A deleted sync leaves no health, index entry or deadline behind."""
         self.healths.delete(pipe, sync_id)
-        statuses = [previous.status] if previous is not None else list(HealthStatus)
-        for status in statuses:
-            pipe.srem(self.indexes.key(HEALTH_FIELD, status.value), sync_id)
+        for status in HealthStatus:
+            self.indexes.move_health(pipe, sync_id, (provider, status.value), None)
         self.due.schedule(pipe, partition, sync_id, None)
 
     def request_fanout(self, pipe: Client, providers: Iterable[str]) -> None:
@@ -211,7 +213,8 @@ class HealthEngine:
             if sync_id in found_in and found_in[sync_id] != home:
                 self.due.schedule(pipe, found_in[sync_id], sync_id, None)
             if view is None or view.deleted or not view.known:
-                self.forget(pipe, sync_id, previous, home)
+                provider = previous.m.p if previous is not None and previous.m else None
+                self.forget(pipe, sync_id, provider, home)
                 continue
             self.stage(pipe, view, previous, incidents_of(providers, view.provider), now)
             staged += 1

@@ -11,7 +11,7 @@ use prometheus_client in a private registry and are appended.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,11 +117,6 @@ def _num(value: Any) -> str:
     )
 
 
-def _seconds(epoch_ms: Any) -> float | None:
-    """Stored times are epoch milliseconds; Prometheus wants seconds."""
-    return None if epoch_ms is None else epoch_ms / 1000
-
-
 @dataclass
 class _Family:
     name: str
@@ -156,12 +151,17 @@ class SyncmonCollector:
         self.outbox = Outbox(prefix)
 
     def render(self) -> bytes:
+        """The whole exposition at once (tests, benchmarks)."""
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        """The exposition family by family, so a large one is sent without one more copy."""
         if self.refresh is not None:
             self.refresh()
-        parts = [self._aggregates(), self._per_sync()]
+        yield self._aggregates().encode()
+        yield from (block.encode() for block in self._per_sync())
         if self.process is not None:
-            parts.append(generate_latest(self.process.registry).decode())
-        return "".join(parts).encode()
+            yield generate_latest(self.process.registry)
 
     def _aggregates(self) -> str:
         r = self.redis
@@ -169,9 +169,7 @@ class SyncmonCollector:
         pipe = r.pipeline(transaction=False)
         for p in providers:
             for s in STATUSES:
-                pipe.sintercard(
-                    2, [self.indexes.key("provider", p), self.indexes.key("health.status", s)]
-                )
+                pipe.scard(self.indexes.health_key(p, s))
         pipe.xlen(self.outbox.key)
         pipe.hget(self.outbox.published_key, "count")
         replies = pipe.execute()
@@ -222,17 +220,22 @@ class SyncmonCollector:
         return sorted(text(m) for batch in pipe.execute() for m in batch)
 
     def _rows(self, ids: list[str]) -> Iterable[tuple[str, dict[str, Any]]]:
+        """Every sync's health and row: MGETs of 2,000 keys, all sent in one pipeline."""
+        pipe = self.redis.pipeline(transaction=False)
         for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            raws = self.redis.mget([self.healths.key(i) for i in chunk])
-            for sync_id, raw in zip(chunk, raws, strict=True):
-                if raw is not None:
-                    yield sync_id, pydantic_core.from_json(raw)
+            pipe.mget([self.healths.key(i) for i in ids[start : start + CHUNK]])
+        raws: list[Any] = [raw for chunk in pipe.execute() for raw in chunk] if ids else []
+        from_json = pydantic_core.from_json
+        for sync_id, raw in zip(ids, raws, strict=True):
+            if raw is not None:
+                yield sync_id, from_json(raw)
 
-    def _per_sync(self) -> str:
+    def _per_sync(self) -> Iterator[str]:
         if self.selection.per_sync == "none":
-            return ""
-        fam = {key: _Family(name, "gauge", doc) for key, (name, doc) in PER_SYNC.items()}
+            return
+        info, status_, since, success, event, ratio, done, fails, cred, check = (
+            [] for _ in range(10)
+        )  # one list of lines per family, in PER_SYNC order
         wants = self.selection.wants
         for sync_id, h in self._rows(self._ids()):
             row = h.get("m")
@@ -243,46 +246,55 @@ class SyncmonCollector:
             if not wants(status, provider, org):
                 continue
             base = f'sync_id="{_escape(sync_id)}",provider="{_escape(provider)}"'
-            name, frequency = _escape(row.get("n")), _escape(row.get("f"))
-            fam["info"].lines.append(
-                f'syncmon_sync_info{{{base},org_id="{_escape(org)}",name="{name}",'
-                f'sync_frequency="{frequency}"}} 1\n'
+            info.append(
+                f'syncmon_sync_info{{{base},org_id="{_escape(org)}",name="{_escape(row.get("n"))}"'
+                f',sync_frequency="{_escape(row.get("f"))}"}} 1\n'
             )
-            for s in STATUSES:
-                fam["status"].lines.append(
-                    f'syncmon_sync_health_status{{{base},status="{s}"}} {1 if s == status else 0}\n'
-                )
-            values = {
-                "since": _seconds(h.get("in_status_since")),
-                "success": _seconds(row.get("ls")),
-                "event": _seconds(row.get("le")),
-                "ratio": 1 if row.get("bc") else row.get("br"),
-                "done": row.get("bc", 0),
-                "fails": row.get("cf", 0),
-                "cred": row.get("cr", 0),
-            }
-            for key, value in values.items():
-                if value is not None:
-                    fam[key].lines.append(f"{PER_SYNC[key][0]}{{{base}}} {_num(value)}\n")
-            checks: dict[str, str] = row.get("ck") or {}
-            for check in CHECKS:
-                state = checks.get(check, "healthy")
-                fam["check"].lines.append(
-                    f'syncmon_sync_check_status{{{base},check="{check}",status="{state}"}} 1\n'
-                )
-        return "".join(f.text() for f in fam.values())
+            a, b, c, d, e = STATE_VALUES.get(status, ZEROS)
+            status_.append(
+                f'syncmon_sync_health_status{{{base},status="healthy"}} {a}\n'
+                f'syncmon_sync_health_status{{{base},status="initializing"}} {b}\n'
+                f'syncmon_sync_health_status{{{base},status="warn"}} {c}\n'
+                f'syncmon_sync_health_status{{{base},status="error"}} {d}\n'
+                f'syncmon_sync_health_status{{{base},status="paused"}} {e}\n'
+            )
+            if (t := h.get("in_status_since")) is not None:
+                since.append(f"{SINCE}{{{base}}} {t / 1000}\n")
+            if (t := row.get("ls")) is not None:
+                success.append(f"{SUCCESS}{{{base}}} {t / 1000}\n")
+            if (t := row.get("le")) is not None:
+                event.append(f"{EVENT}{{{base}}} {t / 1000}\n")
+            complete = row.get("bc", 0)
+            if complete or row.get("br") is not None:
+                ratio.append(f"{RATIO}{{{base}}} {1 if complete else row['br']}\n")
+            done.append(f"{DONE}{{{base}}} {complete}\n")
+            fails.append(f"{FAILS}{{{base}}} {row.get('cf', 0)}\n")
+            cred.append(f"{CRED}{{{base}}} {row.get('cr', 0)}\n")
+            # Only checks that are not healthy: a healthy fleet would otherwise add 7 series
+            # per sync that say nothing (alerts and dashboards select on status anyway).
+            for name, state in (row.get("ck") or {}).items():
+                check.append(f'{CHECK}{{{base},check="{name}",status="{state}"}} 1\n')
+        lines = (info, status_, since, success, event, ratio, done, fails, cred, check)
+        for (name, doc), family in zip(PER_SYNC.values(), lines, strict=True):
+            yield f"# HELP {name} {doc}\n# TYPE {name} gauge\n"
+            yield "".join(family)
+            family.clear()  # let each family go as soon as it is sent
 
 
-CHECKS = ("freshness", "failures", "credential", "rate_limit", "provider", "backfill", "activity")
 PER_SYNC = {
     "info": ("syncmon_sync_info", "Labels of each sync; always 1."),
     "status": ("syncmon_sync_health_status", "1 for the current health status, else 0."),
     "since": ("syncmon_sync_health_status_since_timestamp_seconds", "When the status began."),
     "success": ("syncmon_sync_last_success_timestamp_seconds", "Time of the last success."),
     "event": ("syncmon_sync_last_event_timestamp_seconds", "Time of the last applied event."),
-    "done": ("syncmon_sync_backfill_completed", "1 once the initial backfill completed."),
     "ratio": ("syncmon_sync_backfill_progress_ratio", "Initial backfill progress, 0 to 1."),
+    "done": ("syncmon_sync_backfill_completed", "1 once the initial backfill completed."),
     "fails": ("syncmon_sync_consecutive_failures", "Failed runs since the last success."),
     "cred": ("syncmon_sync_credential_failed", "1 while the credential is rejected."),
-    "check": ("syncmon_sync_check_status", "1 for each health check, with its status."),
+    "check": ("syncmon_sync_check_status", "1 for each check that is not healthy."),
 }
+SINCE, SUCCESS, EVENT, RATIO, DONE, FAILS, CRED, CHECK = (
+    PER_SYNC[k][0] for k in ("since", "success", "event", "ratio", "done", "fails", "cred", "check")
+)
+STATE_VALUES = {s: tuple(1 if s == other else 0 for other in STATUSES) for s in STATUSES}
+ZEROS = (0, 0, 0, 0, 0)

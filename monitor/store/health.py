@@ -52,14 +52,14 @@ class HealthViews:
         return [self.key(i) for i in sync_ids]
 
     @staticmethod
-    def parse(sync_id: str, raw: bytes | str | None) -> Health | None:
+    def parse(sync_id: str, raw: bytes | str | None) -> StoredHealth | None:
         if raw is None:
             return None
         values: dict[str, Any] = pydantic_core.from_json(raw)
         values["sync_id"] = sync_id
-        return Health.model_validate(values)
+        return StoredHealth.model_validate(values)
 
-    def get_many(self, client: Client, sync_ids: list[str]) -> list[Health | None]:
+    def get_many(self, client: Client, sync_ids: list[str]) -> list[StoredHealth | None]:
         if not sync_ids:
             return []
         raws = client.mget([self.key(i) for i in sync_ids])

@@ -16,9 +16,11 @@ from monitor.store.base import Client, text
 from monitor.views import SyncView
 
 TEMPLATE = "{prefix}:idx:{field}:{value}"
+HEALTH_TEMPLATE = "{prefix}:idx:health:{provider}:{status}"  # written by the health engine
 VALUES = "{prefix}:idx-values:{field}"  # which values a field has had, for summaries
 ORDERED = "status"
-FIELDS = ("provider", "status", "org_id", "stream_id", "health.status")
+HEALTH = "health.status"
+FIELDS = ("provider", "status", "org_id", "stream_id", HEALTH)
 CHUNK = 512
 SMALL_SET = 20_000  # up to this size a filtered page reads and sorts the whole set
 
@@ -48,6 +50,25 @@ class Indexes:
 
     def key(self, field: str, value: str) -> str:
         return TEMPLATE.format(prefix=self.prefix, field=field, value=value)
+
+    def health_key(self, provider: str | None, status: str) -> str:
+        """Health is indexed per provider and status: counts by both are one SCARD each."""
+        return HEALTH_TEMPLATE.format(prefix=self.prefix, provider=provider or "", status=status)
+
+    def move_health(
+        self,
+        pipe: Client,
+        sync_id: str,
+        old: tuple[str | None, str] | None,
+        new: tuple[str | None, str] | None,
+    ) -> None:
+        """Moves a sync between (provider, status) health sets; None is no set."""
+        if old == new:
+            return
+        if old is not None:
+            pipe.srem(self.health_key(*old), sync_id)
+        if new is not None:
+            pipe.sadd(self.health_key(*new), sync_id)
 
     def update(self, pipe: Client, sync_id: str, old: Entries, new: Entries) -> None:
         self.update_many(pipe, [(sync_id, old, new)])
@@ -90,54 +111,79 @@ class Indexes:
     ) -> tuple[list[str], bool]:
         """Up to `limit` ids after the cursor matching every filter, and whether more exist."""
         drivers = [self.key(ORDERED, filters[ORDERED])] if ORDERED in filters else self.all_keys
-        checks = [self.key(f, v) for f, v in filters.items() if f != ORDERED]
+        checks = self._groups(client, filters)
         if checks:
             pipe = client.pipeline(transaction=False)
-            for key in checks:
-                pipe.scard(key)
-            sizes = pipe.execute()
-            smallest = min(zip(sizes, checks, strict=True))
-            if smallest[0] <= SMALL_SET:
-                return self._from_set(client, smallest[1], drivers, checks, after, limit)
+            for group in checks:
+                for key in group:
+                    pipe.scard(key)
+            sizes = iter(pipe.execute())
+            totals = [sum(int(next(sizes)) for _ in group) for group in checks]
+            size, smallest = min(zip(totals, range(len(checks)), strict=True))
+            if size <= SMALL_SET:
+                return self._from_set(client, checks[smallest], drivers, checks, after, limit)
         return self._walk(client, drivers, checks, after, limit)
+
+    def _groups(self, client: Client, filters: Mapping[str, str]) -> list[list[str]]:
+        """Each filter as the keys whose union is its set (health spans the providers)."""
+        groups = [
+            [self.key(f, v)] for f, v in filters.items() if f not in (ORDERED, HEALTH, "provider")
+        ]
+        provider, health = filters.get("provider"), filters.get(HEALTH)
+        if health is not None:
+            providers = [provider] if provider is not None else self.values(client, "provider")
+            groups.append([self.health_key(p, health) for p in providers])
+        elif provider is not None:
+            groups.append([self.key("provider", provider)])
+        return groups
 
     def _from_set(
         self,
         client: Client,
-        source: str,
+        source: list[str],
         drivers: list[str],
-        checks: list[str],
+        checks: list[list[str]],
         after: str | None,
         limit: int,
     ) -> tuple[list[str], bool]:
         """Reads the smallest filter set whole, keeps what every other filter matches."""
-        ids = sorted(
-            m for m in (text(x) for x in client.smembers(source)) if after is None or m > after
-        )
-        others = [k for k in checks if k != source]
+        members = (text(x) for x in (client.sunion(source) if source else ()))
+        ids = sorted(m for m in members if after is None or m > after)
+        others = [group for group in checks if group is not source]
         found: list[str] = []
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            pipe = client.pipeline(transaction=False)
-            for key in others:
-                pipe.smismember(key, chunk)
-            for key in drivers:  # also narrows to the requested status, if any
-                pipe.zmscore(key, chunk)
-            replies = pipe.execute()
-            member = replies[: len(others)]
-            scores = replies[len(others) :]
-            for i, sync_id in enumerate(chunk):
-                if all(m[i] for m in member) and any(s[i] is not None for s in scores):
-                    found.append(sync_id)
+            ok = self._matches(client, chunk, others, drivers)
+            found.extend(m for m, keep in zip(chunk, ok, strict=True) if keep)
             if len(found) > limit:
                 break
         return found[:limit], len(found) > limit
+
+    def _matches(
+        self, client: Client, chunk: list[str], groups: list[list[str]], drivers: list[str]
+    ) -> list[bool]:
+        """For each id: in some key of every group and (if given) in one of the drivers."""
+        pipe = client.pipeline(transaction=False)
+        for group in groups:
+            for key in group:
+                pipe.smismember(key, chunk)
+        for key in drivers:
+            pipe.zmscore(key, chunk)
+        replies = iter(pipe.execute())
+        keep = [True] * len(chunk)
+        for group in groups:
+            hits = [next(replies) for _ in group]
+            keep = [k and any(h[i] for h in hits) for i, k in enumerate(keep)]
+        scores = list(replies)
+        if scores:
+            keep = [k and any(s[i] is not None for s in scores) for i, k in enumerate(keep)]
+        return keep
 
     def _walk(
         self,
         client: Client,
         drivers: list[str],
-        checks: list[str],
+        checks: list[list[str]],
         after: str | None,
         limit: int,
     ) -> tuple[list[str], bool]:
@@ -152,14 +198,8 @@ class Indexes:
             chunk = sorted(text(m) for batch in pipe.execute() for m in batch)[:CHUNK]
             if not chunk:
                 break
-            matched = chunk
-            if checks:
-                pipe = client.pipeline(transaction=False)
-                for key in checks:
-                    pipe.smismember(key, chunk)
-                member = pipe.execute()
-                matched = [m for i, m in enumerate(chunk) if all(s[i] for s in member)]
-            found.extend(matched)
+            ok = self._matches(client, chunk, checks, []) if checks else [True] * len(chunk)
+            found.extend(m for m, keep in zip(chunk, ok, strict=True) if keep)
             start = chunk[-1]
             if len(chunk) < CHUNK:
                 break
