@@ -30,7 +30,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    for noisy in ("kafka", "apscheduler"):  # a line per fetch or per tick says nothing useful
+        logging.getLogger(noisy).setLevel(quiet)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
