@@ -258,13 +258,3 @@ class SyncConsumer:
 
 class _Abandoned(Exception):
     """Shutdown arrived while Redis was down: leave without committing."""
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Polls a condition; for start-up checks and tests."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

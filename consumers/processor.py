@@ -20,7 +20,7 @@ from monitor.engine import HealthEngine
 from monitor.enums import Outcome
 from monitor.events import Envelope, event_type
 from monitor.fold import Position, step
-from monitor.health import Health, ThresholdBook, Thresholds
+from monitor.health import ThresholdBook, Thresholds
 from monitor.store.counters import EventCounters
 from monitor.store.due import DueIndex
 from monitor.store.fences import Fences
@@ -62,7 +62,6 @@ class BatchResult:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     touched: set[str] = field(default_factory=set)
     providers: set[str] = field(default_factory=set)
-    health: dict[str, Health] = field(default_factory=dict)
     commit_offsets: dict[int, int] = field(default_factory=dict)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from monitor.store.base import Client, text
+from monitor.store.base import Client
 
 TEMPLATE = "{prefix}:due:{partition}"
 NO_PARTITION = -1
@@ -39,10 +39,3 @@ class DueIndex:
         if sync_ids:
             score = when.timestamp()
             pipe.zadd(self.key(partition), dict.fromkeys(sync_ids, score))
-
-    def due(self, client: Client, partition: int | None, now: datetime, limit: int) -> list[str]:
-        found = client.zrangebyscore(self.key(partition), "-inf", now.timestamp(), 0, limit)
-        return [text(m) for m in found]
-
-    def size(self, client: Client, partition: int | None) -> int:
-        return int(client.zcard(self.key(partition)))

@@ -20,7 +20,6 @@ HEALTH_TEMPLATE = "{prefix}:idx:health:{provider}:{status}"  # written by the he
 VALUES = "{prefix}:idx-values:{field}"  # which values a field has had, for summaries
 ORDERED = "status"
 HEALTH = "health.status"
-FIELDS = ("provider", "status", "org_id", "stream_id", HEALTH)
 CHUNK = 512
 SMALL_SET = 20_000  # up to this size a filtered page reads and sorts the whole set
 
