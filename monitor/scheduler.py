@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ class HealthScheduler:
         self.last_tick_seconds = 0.0
         self.last_evaluated = 0
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._again = threading.Event()  # a wake that came while a tick ran
+        self._running = threading.Lock()
 
     def start(self) -> None:
         self._scheduler.add_job(
@@ -58,18 +61,34 @@ class HealthScheduler:
             self._scheduler.shutdown(wait=True)
 
     def wake(self) -> None:
-        """Run the next tick now (a provider incident changed: its syncs need evaluating)."""
-        if self._scheduler.running:
+        """Run a tick now (a batch touched syncs, or a provider incident changed).
+
+        A wake during a tick is not lost: the running tick sweeps once more when it ends
+        (APScheduler would drop a second instance of the job instead).
+        """
+        self._again.set()
+        if self._scheduler.running and not self._running.locked():
             self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
     def tick(self) -> int:
+        """Sweeps until no wake arrived during the last sweep."""
+        done = 0
+        with self._running:
+            while True:
+                self._again.clear()
+                swept = self._sweep()
+                if swept is None or not self._again.is_set():  # Redis down: wait for the next tick
+                    return done + (swept or 0)
+                done += swept
+
+    def _sweep(self) -> int | None:
         """Evaluates what is due in owned partitions, then any requested provider fan-out."""
         started = time.perf_counter()
         try:
             done = self.engine.sweep(self.redis, self.owned()) + self.engine.fan_out(self.redis)
         except RedisError as exc:
             log.warning("health tick skipped: redis unavailable (%s)", exc)
-            return 0
+            return None
         self.ticks += 1
         self.last_evaluated = done
         self.last_tick_seconds = time.perf_counter() - started
