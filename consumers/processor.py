@@ -6,6 +6,7 @@ Kafka-free on purpose, so the benchmark and the tests drive exactly what the con
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from monitor.fold import Position, step
 from monitor.health import ThresholdBook, Thresholds
 from monitor.store.counters import EventCounters
 from monitor.store.due import DueIndex
+from monitor.store.epoch import Epoch, Held, decode_epoch, new_epoch
 from monitor.store.fences import Fences
 from monitor.store.indexes import Indexes, entries
 from monitor.store.providers import ProviderViews
@@ -123,6 +125,8 @@ class Processor:
         self.due = DueIndex(prefix)
         self.engine = HealthEngine(prefix, ThresholdBook(Thresholds()), clock)
         self.cache = ViewCache(cache_size)
+        self.epoch = Epoch(prefix)
+        self._epoch: str | None = None  # the dataset the cache was filled from
 
     def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
         """Drops what Redis already holds (one round trip) and decodes the rest."""
@@ -144,6 +148,7 @@ class Processor:
     def write(self, prepared: Prepared) -> BatchResult:
         """Folds and commits the batch; retried from fresh reads if another writer raced."""
         watched = [self.fences.key(self.topic, p) for p in sorted(prepared.last_offsets)]
+        watched += [self.epoch.key, self.epoch.hold_key]
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -153,6 +158,10 @@ class Processor:
                 except WatchError:
                     log.info("fence moved under a batch of %s; re-reading", self.topic)
                     self.cache.clear()
+                    continue
+                except Held:
+                    pipe.reset()
+                    time.sleep(HOLD_WAIT)
                     continue
                 except Exception:
                     self.cache.clear()
@@ -165,6 +174,20 @@ class Processor:
         """prepare + write, for callers with no dead-letter producer to run in between."""
         prepared = self.prepare(messages)
         return prepared, self.write(prepared)
+
+    def _check_epoch(self, pipe: Pipeline) -> str:
+        """Waits out a rebuild's switch-over; drops the cache if the dataset is not the same."""
+        raw_epoch, held = pipe.mget(self.epoch.key, self.epoch.hold_key)
+        if held is not None:
+            raise Held
+        epoch = decode_epoch(raw_epoch)
+        if epoch is None or epoch != self._epoch:
+            if self._epoch is not None:
+                log.warning("the Redis dataset changed under this process; dropping its cache")
+            self.cache.clear()
+            epoch = epoch or new_epoch()
+        self._epoch = epoch
+        return epoch
 
     def _load(self, pipe: Pipeline, sync_ids: list[str]) -> dict[str, SyncView | None]:
         views: dict[str, SyncView | None] = {}
@@ -182,6 +205,7 @@ class Processor:
     def _fold_and_queue(
         self, pipe: Pipeline, prepared: Prepared
     ) -> tuple[BatchResult, list[SyncView]]:
+        epoch = self._check_epoch(pipe)
         parts = sorted(prepared.last_offsets)
         fences = self.fences.get_many(pipe, self.topic, parts)
         events = [(m, e) for m, e in prepared.events if m.offset > fences[m.partition]]
@@ -207,6 +231,7 @@ class Processor:
                 counts[(dead.type_label, Outcome.INVALID.value)] += 1
 
         pipe.multi()
+        self.epoch.claim(pipe, epoch)
         changes = [
             (view, old_syncs[i])
             for i, view in syncs.items()
@@ -240,6 +265,7 @@ class Processor:
         return result, written
 
 
+HOLD_WAIT = 0.05  # seconds between looks at a rebuild's switch-over hold
 EVALUATE_NOW = datetime.fromtimestamp(0, UTC)  # a deadline long past: due at the next tick
 
 

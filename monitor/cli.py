@@ -93,6 +93,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from consumers.rebuild import Rebuild, RebuildError
+    from monitor.app import redis_client
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    tune_gc()
+    try:
+        report = Rebuild(settings, redis_client(settings), args.scratch_db).run()
+    except RebuildError as exc:
+        print(f"syncmon rebuild: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"rebuilt {report.events:,} events in {report.seconds:.1f}s into database "
+        f"{report.scratch_db}; swapped it in as database {report.live_db} "
+        f"({report.carried} health and outbox keys carried over)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from monitor.dev import run_dev
 
@@ -119,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
         "--no-create-topic", dest="create_topic", action="store_false", help="topic exists"
     )
     sim.set_defaults(func=cmd_simulate)
+
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="replay the topic from its first offset into a scratch database, then swap it in",
+    )
+    rebuild.add_argument(
+        "--scratch-db",
+        type=int,
+        default=None,
+        help="an empty Redis database to build in (default: the live one + 1)",
+    )
+    rebuild.set_defaults(func=cmd_rebuild)
 
     dev = sub.add_parser("dev", help="everything local: broker, Redis, simulator, syncmon")
     dev.add_argument("--syncs", type=int, default=40)
