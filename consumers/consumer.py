@@ -12,7 +12,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import MemberState, OffsetAndMetadata
 from redis import Redis
 from redis.exceptions import RedisError
@@ -125,6 +125,23 @@ class SyncConsumer:
         except Exception:  # a snapshot of a closing consumer
             return False
 
+    @property
+    def kafka_connected(self) -> bool:
+        """The broker answers: a session is up and its group coordinator is known.
+
+        A frozen broker keeps its TCP connections open, so no socket error ever says it: the
+        coordinator is marked dead once heartbeats go unanswered for a session timeout
+        (`_request_timeout_ms` bounds the wait for each one), which this reads live, even
+        while the poll thread is blocked in a commit.
+        """
+        consumer = self._consumer
+        if consumer is None or not self.state.kafka_ok:
+            return False
+        try:
+            return not consumer._coordinator.coordinator_unknown()
+        except Exception:  # a snapshot of a closing consumer
+            return False
+
     # -- loop -----------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -167,6 +184,7 @@ class SyncConsumer:
             max_poll_interval_ms=s.kafka_max_poll_interval_ms,
             max_poll_records=s.kafka_max_batch,
             fetch_max_wait_ms=min(500, s.kafka_poll_timeout_ms),
+            request_timeout_ms=_request_timeout_ms(s),
             **security,
         )
         self._consumer = consumer
@@ -254,6 +272,24 @@ class SyncConsumer:
         except CommitFailedError as exc:
             # Lost the partition in a rebalance; the Redis fences already hold the truth.
             log.warning("offset commit failed after rebalance: %s", exc)
+        except KafkaTimeoutError as exc:
+            # The broker stopped answering (frozen, partitioned). The batch is in Redis and its
+            # fence drops a redelivery, so the next commit simply covers these offsets too.
+            # Keeping the session (rather than tearing it down) avoids leaving a ghost member
+            # the group must wait out before it can rebalance once the broker is back.
+            log.warning("offset commit timed out (%s); the next commit covers it", exc)
+
+
+def _request_timeout_ms(settings: Settings) -> int:
+    """How long any one Kafka request may go unanswered: the session timeout, capped at 30 s.
+
+    kafka-python's default (30 s) is also how long a heartbeat sent to a frozen broker (alive
+    TCP, no answers) waits before it fails, and only a failed heartbeat lets the session
+    expire: with it, readiness never noticed a 20 s freeze. Bounded by the session timeout, the
+    coordinator is marked dead about one session timeout after the broker froze (6 s in the
+    tests). Must exceed fetch_max_wait_ms (at most 500 ms; the session timeout is >= 1 s).
+    """
+    return min(settings.kafka_session_timeout_ms, 30_000)
 
 
 class _Abandoned(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ from pydantic import ValidationError
 
 from monitor.enums import EventType
 from monitor.events import EVENT_ADAPTER, KNOWN_TYPES, Envelope, SyncFields
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20
 BINARY_PREFIX = "ce_"
@@ -53,18 +56,31 @@ def decode(message: RawMessage) -> Envelope:
     try:
         if attributes is not None:
             if message.value:
-                attributes["data"] = pydantic_core.from_json(message.value)
+                attributes["data"] = _json(message.value)
             event = EVENT_ADAPTER.validate_python(attributes)
         elif not message.value:
             raise DecodeError("empty message value and no ce_ headers")
         else:
-            event = EVENT_ADAPTER.validate_json(message.value)
+            raw = _json(message.value)
+            if not isinstance(raw, dict):
+                raise DecodeError("event: must be a JSON object")
+            event = EVENT_ADAPTER.validate_python(raw)
     except ValueError as exc:  # ValidationError and from_json's errors are ValueErrors
         label = type_label(attributes.get("type") if attributes else _peek_type(message.value))
         reason = "value is not UTF-8" if not _is_utf8(message.value) else _reason(exc)
         raise DecodeError(reason, label) from None
+    except DecodeError:
+        raise
+    except Exception as exc:  # a reader bug must not halt the partition: dead-letter the record
+        log.error("unexpected %s while reading a record; dead-lettered", type(exc).__name__)
+        raise DecodeError(f"unreadable ({type(exc).__name__})") from None
     _check_identity(event)
     return event
+
+
+def _json(value: bytes) -> Any:
+    """Strict JSON: `NaN` and `Infinity` are not JSON (and could not be stored as read)."""
+    return pydantic_core.from_json(value, allow_inf_nan=False)
 
 
 def _binary_attributes(headers: Headers) -> dict[str, Any] | None:

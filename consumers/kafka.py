@@ -44,6 +44,12 @@ def ensure_topics(
         admin.close()
 
 
+# A dead letter is forwarded unchanged whatever its size: the source topic may take records
+# far over the 1 MiB syncmon reads, and kafka-python's default limit (1 MiB) would refuse one
+# forever, halting its partition. The DLQ topic's own limit must match the source topic's.
+MAX_REQUEST_BYTES = 64 << 20
+
+
 def make_producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> KafkaProducer:
     """A producer that waits for every replica: dead letters and health events must not drop."""
     return KafkaProducer(
@@ -52,5 +58,6 @@ def make_producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> 
         retries=5,
         linger_ms=5,
         client_id="syncmon",
+        max_request_size=MAX_REQUEST_BYTES,
         **(security or {}),
     )

@@ -12,6 +12,7 @@ from kafka.errors import KafkaError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from consumers.already import event_id, published_ids, queued_at_ms
 from consumers.consumer import Backoff
 from consumers.kafka import ensure_topics, make_producer
 from monitor.settings import Settings
@@ -26,9 +27,9 @@ BATCH = 500
 class HealthPublisher:
     """A thread: read the outbox through a Redis consumer group, produce, wait, acknowledge.
 
-    A process that dies between the broker's ack and the Redis ack would have its entries
-    re-published by another after CLAIM_IDLE_MS; the event id (`<sync>:<n>`) is stable so a
-    reader can drop such a repeat. Every other path publishes each change exactly once.
+    A process that dies between the broker's ack and the Redis ack leaves its entries in
+    doubt; another takes them over after CLAIM_IDLE_MS and first reads the topic for their
+    event ids (`<sync>:<n>`), so what already got there is acknowledged, not sent again.
     """
 
     def __init__(self, settings: Settings, redis: Redis) -> None:
@@ -75,10 +76,31 @@ class HealthPublisher:
             self._producer = make_producer(s.kafka_bootstrap_servers, security)
         self.outbox.ensure_group(self.redis)
         while not self._stop.is_set():
-            entries = self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
+            entries = self._not_yet_published(
+                self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
+            )
             entries += self.outbox.read(self.redis, self.name, BATCH, block_ms=200)
             if entries:
                 self._publish(entries)
+
+    def _not_yet_published(self, stale: list[Entry]) -> list[Entry]:
+        """Of the entries a dead publisher held, those the topic does not have yet."""
+        if not stale:
+            return []
+        ids = {entry_id: event_id(event) for entry_id, _, event in stale}
+        s = self.settings
+        found = published_ids(
+            s.kafka_bootstrap_servers,
+            s.health_topic,
+            min(queued_at_ms(entry_id) for entry_id, _, _ in stale),
+            {i for i in ids.values() if i is not None},
+            s.kafka_security(),
+        )
+        sent = [entry_id for entry_id, _, _ in stale if ids[entry_id] in found]
+        if sent:
+            self.outbox.done(self.redis, sent)
+            log.info("%d health changes a dead publisher had sent: acknowledged", len(sent))
+        return [e for e in stale if ids[e[0]] not in found]
 
     def _publish(self, entries: list[Entry]) -> None:
         futures = [

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.engine import incidents_of
 from monitor.enums import HealthStatus, SyncStatus
+from monitor.events import MAX_ID_LENGTH
 from monitor.health import Health, checks, credential_health, evaluate, provider_health
 from monitor.schemas import (
     ErrorOut,
     HealthDetail,
+    Liveness,
+    Readiness,
     StatusCounts,
     Summary,
     SyncOut,
@@ -97,24 +105,39 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+def token_matches(given: bytes, tokens: tuple[str, ...]) -> bool:
+    """Constant time: every token is compared (so timing does not tell which one matched),
+    each through a digest (so it does not tell a token's length either)."""
+    digest = hashlib.sha256(given).digest()
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
+    return ok
+
+
 def require_token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> None:
-    """Constant-time comparison against every configured token; nothing is logged."""
+    """`Authorization: Bearer <token>` against SYNCMON_API_TOKENS; the token is never logged,
+    echoed or stored, and only the header is read (a token in a URL would end up in logs)."""
     tokens = rt.settings.api_tokens
     if not tokens:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    ok = False
-    for token in tokens:  # compare against all, so timing does not reveal which matched
-        ok |= hmac.compare_digest(given.encode(), token.encode())
+    ok = token_matches(given.encode("latin-1"), tokens)  # the header's bytes as sent
     if scheme.lower() != "bearer" or not ok:
         raise ApiError(
             401, "unauthorized", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
         )
 
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 RT = Annotated[Runtime, Depends(runtime)]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 401: {"model": ErrorOut}}
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _errors(**described: str) -> Responses:
+    """Declared error responses, all with the one JSON error body."""
+    return {
+        int(code[1:]): {"model": ErrorOut, "description": text} for code, text in described.items()
+    }
 
 
 def _health_of(
@@ -134,7 +157,7 @@ def _health_of(
 
 
 def _load(rt: Runtime, sync_id: str) -> tuple[SyncView, Health, dict[str, ProviderView]]:
-    if not sync_id or len(sync_id) > 256:
+    if not sync_id or len(sync_id) > MAX_ID_LENGTH:
         raise ApiError(404, "not_found", "no such sync")
     raw: list[Any] = rt.redis.mget([*rt.syncs.keys([sync_id]), rt.healths.key(sync_id)])
     raw_seed, raw_facts, raw_health = raw
@@ -146,27 +169,26 @@ def _load(rt: Runtime, sync_id: str) -> tuple[SyncView, Health, dict[str, Provid
     return view, health, providers
 
 
-@router.get("/syncs/{sync_id}", response_model=SyncOut, responses=NOT_FOUND)
-def get_sync(sync_id: str, rt: RT) -> SyncOut:
-    """One sync, shaped as the seed's sync object."""
-    view, health, _ = _load(rt, sync_id)
-    return sync_out(view, health)
+CURSOR_TAG = "c1:"
 
 
-@router.get("/syncs/{sync_id}/health", response_model=HealthDetail, responses=NOT_FOUND)
-def get_sync_health(sync_id: str, rt: RT) -> HealthDetail:
-    """The sync's stored status and history, with every check as of now."""
-    view, health, providers = _load(rt, sync_id)
-    incidents = incidents_of(providers, view.provider)
-    thresholds = rt.thresholds.for_provider(view.provider)
-    now = datetime.now(UTC)
-    return HealthDetail.of(health).model_copy(
-        update={"checks": list(checks(view, now, thresholds, incidents))}
-    )
+def encode_cursor(sync_id: str) -> str:
+    """Opaque to clients: the last id of the page, tagged so a stray string is refused."""
+    return base64.urlsafe_b64encode((CURSOR_TAG + sync_id).encode()).decode().rstrip("=")
 
 
-@router.get("/summary", response_model=Summary)
-def summary(rt: RT) -> Summary:
+def decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.startswith(CURSOR_TAG):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
+    return text[len(CURSOR_TAG) :]
+
+
+def summary(rt: Runtime) -> Summary:
     """Counts by health status, overall and per provider, from the indexes alone."""
     statuses = list(HealthStatus)
     providers = rt.indexes.values(rt.redis, "provider")
@@ -192,50 +214,8 @@ def summary(rt: RT) -> Summary:
     return Summary(total=total, by_health=by_health, by_provider=by_provider)
 
 
-CURSOR_TAG = "c1:"
-
-
-def encode_cursor(sync_id: str) -> str:
-    """Opaque to clients: the last id of the page, tagged so a stray string is refused."""
-    return base64.urlsafe_b64encode((CURSOR_TAG + sync_id).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    if not text.startswith(CURSOR_TAG):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
-    return text[len(CURSOR_TAG) :]
-
-
-@router.get("/syncs", response_model=SyncPage, responses={400: {"model": ErrorOut}})
-def list_syncs(
-    rt: RT,
-    provider: Annotated[str | None, Query(max_length=256)] = None,
-    status: SyncStatus | None = None,
-    health_status: Annotated[HealthStatus | None, Query(alias="health.status")] = None,
-    org_id: Annotated[str | None, Query(max_length=256)] = None,
-    stream_id: Annotated[str | None, Query(max_length=256)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> SyncPage:
+def list_syncs(rt: Runtime, filters: dict[str, str], limit: int, cursor: str | None) -> SyncPage:
     """Syncs ordered by id, filtered through indexes, paged by an opaque cursor."""
-    if limit > rt.settings.api_max_page:
-        raise ApiError(400, "invalid_request", f"limit: at most {rt.settings.api_max_page}")
-    filters = {
-        k: v
-        for k, v in {
-            "provider": provider,
-            "status": status.value if status else None,
-            "health.status": health_status.value if health_status else None,
-            "org_id": org_id,
-            "stream_id": stream_id,
-        }.items()
-        if v is not None
-    }
     after = decode_cursor(cursor) if cursor else None
     ids, more = rt.indexes.page(rt.redis, filters, after, limit)
     views = rt.syncs.get_many(rt.redis, ids)
@@ -247,3 +227,188 @@ def list_syncs(
         if v is not None and not v.deleted and v.known
     ]
     return SyncPage(data=data, next_cursor=encode_cursor(ids[-1]) if more and ids else None)
+
+
+def sync_detail(rt: Runtime, sync_id: str) -> SyncOut:
+    """One sync, shaped as the seed's sync object."""
+    view, health, _ = _load(rt, sync_id)
+    return sync_out(view, health)
+
+
+def health_detail(rt: Runtime, sync_id: str) -> HealthDetail:
+    """The sync's stored status and history, with every check as of now."""
+    view, health, providers = _load(rt, sync_id)
+    incidents = incidents_of(providers, view.provider)
+    thresholds = rt.thresholds.for_provider(view.provider)
+    now = datetime.now(UTC)
+    return HealthDetail.of(health).model_copy(
+        update={"checks": list(checks(view, now, thresholds, incidents))}
+    )
+
+
+SYNCS_PATH = b"/v1/syncs/"
+
+
+def addressed(request: Request) -> tuple[str, bool]:
+    """The sync id a path names and whether it asks for the health, read from the raw path.
+
+    A sync id may hold a slash, sent as `%2F`; the decoded path cannot tell it from a
+    separator, so `/v1/syncs/a%2Fhealth` (sync `a/health`) would be read as the health of `a`.
+    """
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    segments = raw.partition(SYNCS_PATH)[2].split(b"/")
+    if len(segments) == 2 and segments[1] == b"health":
+        wants_health = True
+    elif len(segments) == 1:
+        wants_health = False
+    else:
+        raise ApiError(404, "not_found", "no such sync")
+    try:
+        sync_id = unquote_to_bytes(segments[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(404, "not_found", "no such sync") from None
+    return sync_id, wants_health
+
+
+def _answer(request: Request, rt: Runtime, expect_health: bool | None) -> Any:
+    """The model for the route FastAPI chose, or, when the raw path names the other one (an
+    id with `%2F`), that one's body as it would have been rendered."""
+    sync_id, wants_health = addressed(request)
+    body: BaseModel = health_detail(rt, sync_id) if wants_health else sync_detail(rt, sync_id)
+    if wants_health is expect_health:
+        return body
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The `/v1` routes; what the served OpenAPI says follows the settings: the bearer scheme
+    and 401s only when tokens are configured, the real maximum of `limit`."""
+    guarded = bool(settings.api_tokens)
+    security: list[Any] = [Depends(require_token)]
+    if guarded:
+        bearer = HTTPBearer(
+            auto_error=False,
+            scheme_name="bearer",
+            description="`Authorization: Bearer <token>`, one of SYNCMON_API_TOKENS.",
+        )
+        security.append(Security(bearer))  # documents the scheme; require_token checks it
+    router = APIRouter(prefix="/v1", dependencies=security)
+    auth: Responses = _errors(e401="no valid bearer token") if guarded else {}
+    down = _errors(e503="the view store (Redis) is not answering")
+    missing = _errors(e404="no sync with this id")
+    invalid = _errors(e400="a query parameter is not valid")
+
+    @router.get("/syncs/{sync_id}", response_model=SyncOut, responses={**missing, **auth, **down})
+    def get_sync(sync_id: str, request: Request, rt: RT) -> Any:
+        """One sync, shaped as the seed's sync object."""
+        return _answer(request, rt, expect_health=False)
+
+    @router.get(
+        "/syncs/{sync_id}/health",
+        response_model=HealthDetail,
+        responses={**missing, **auth, **down},
+    )
+    def get_sync_health(sync_id: str, request: Request, rt: RT) -> Any:
+        """The sync's stored status and history, with every check as of now."""
+        return _answer(request, rt, expect_health=True)
+
+    @router.get("/syncs/{rest:path}", include_in_schema=False)
+    def get_sync_by_raw_path(rest: str, request: Request, rt: RT) -> Any:
+        """Ids holding an encoded slash, which the two routes above cannot match."""
+        return _answer(request, rt, expect_health=None)
+
+    @router.get("/summary", response_model=Summary, responses={**auth, **down})
+    def get_summary(rt: RT) -> Summary:
+        """Counts by health status, overall and per provider, from the indexes alone."""
+        return summary(rt)
+
+    def get_syncs(
+        rt: RT,
+        provider: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
+        status: SyncStatus | None = None,
+        health_status: Annotated[HealthStatus | None, Query(alias="health.status")] = None,
+        org_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
+        stream_id: Annotated[str | None, Query(max_length=MAX_ID_LENGTH)] = None,
+        limit: int = min(50, settings.api_max_page),
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=1024,
+                pattern=r"^[A-Za-z0-9_-]*$",
+                description="Opaque: the `next_cursor` of the previous page.",
+            ),
+        ] = None,
+    ) -> SyncPage:
+        """Syncs ordered by id, filtered through indexes, paged by an opaque cursor."""
+        filters = {
+            "provider": provider,
+            "status": status.value if status else None,
+            "health.status": health_status.value if health_status else None,
+            "org_id": org_id,
+            "stream_id": stream_id,
+        }
+        return list_syncs(rt, {k: v for k, v in filters.items() if v is not None}, limit, cursor)
+
+    # The bound comes from the settings: set as an object, since this module's annotations
+    # are strings resolved against module globals, where `settings` is not.
+    get_syncs.__annotations__["limit"] = Annotated[int, Query(ge=1, le=settings.api_max_page)]
+    router.get("/syncs", response_model=SyncPage, responses={**invalid, **auth, **down})(get_syncs)
+    return router
+
+
+def basic_auth_ok(request: Request, expected: str) -> bool:
+    """`Authorization: Basic ...` against `user:password`, in constant time."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    try:
+        given = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return token_matches(given, (expected,)) and scheme.lower() == "basic"
+
+
+def metrics_unauthorized() -> JSONResponse:
+    return _error(
+        401,
+        "unauthorized",
+        "basic auth (SYNCMON_METRICS_BASIC_AUTH) is required",
+        {"WWW-Authenticate": 'Basic realm="syncmon"'},
+    )
+
+
+def metrics_responses(settings: Settings) -> Responses:
+    """What the served OpenAPI says `/metrics` answers."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    responses: Responses = {200: {"description": "Prometheus text format", "content": text}}
+    if settings.metrics_basic_auth:
+        responses.update(_errors(e401="no valid basic auth credentials"))
+    responses.update(_errors(e503="the view store (Redis) is not answering"))
+    return responses
+
+
+HEALTHZ_RESPONSES: Responses = {200: {"model": Liveness, "description": "alive"}}
+READYZ_RESPONSES: Responses = {
+    200: {"model": Readiness, "description": "ready"},
+    503: {"model": Readiness, "description": "Redis is not answering or not in the group"},
+}
+
+
+def install_api(app: FastAPI, settings: Settings) -> None:
+    """The `/v1` routes and the JSON error handlers; the OpenAPI lists only the error
+    responses the API really gives (FastAPI would add a 422 no route ever returns)."""
+    install_error_handlers(app)
+    app.include_router(build_router(settings))
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            for item in spec.get("paths", {}).values():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = spec.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

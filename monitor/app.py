@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -14,17 +11,27 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.retry import Retry
 
 from consumers.consumer import SyncConsumer
 from consumers.processor import BatchResult
 from consumers.publisher import HealthPublisher
 from monitor import __version__
-from monitor.api import Runtime, install_error_handlers, router
+from monitor.api import (
+    HEALTHZ_RESPONSES,
+    READYZ_RESPONSES,
+    Runtime,
+    basic_auth_ok,
+    install_api,
+    metrics_responses,
+    metrics_unauthorized,
+)
 from monitor.engine import HealthEngine
 from monitor.metrics import ProcessMetrics, Selection, SyncmonCollector
 from monitor.scheduler import HealthScheduler
-from monitor.settings import Settings
+from monitor.settings import ENV_PREFIX, Settings, redis_location
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +46,36 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+class RedisCredentialsError(RuntimeError):
+    """Redis refused the credentials of SYNCMON_REDIS_URL: a setting to fix, not to wait out."""
+
+
+def check_redis(settings: Settings) -> None:
+    """Refused credentials stop start-up with a message naming the setting (never the password);
+    an unreachable or slow Redis does not (one quick try): the consumer and readiness wait."""
+    where = redis_location(settings.redis_url)
+    probe = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        probe.ping()
+    except (AuthenticationError, NoPermissionError) as exc:
+        message = (
+            f"invalid syncmon settings: {ENV_PREFIX}REDIS_URL: Redis at {where} refused the "
+            f"credentials ({type(exc).__name__}: {exc})"
+        )
+        log.error("%s", message)
+        raise RedisCredentialsError(message) from None
+    except RedisError as exc:
+        log.warning("Redis at %s is not answering yet (%s); waiting for it", where, exc)
+    finally:
+        probe.close()
+
+
 def wake(result: BatchResult, scheduler: HealthScheduler | None) -> None:
     """Evaluate the syncs a batch touched (and any provider fan-out) now, not at the next tick."""
     if (result.touched or result.providers) and scheduler is not None:
         scheduler.wake()
-
-
-def _basic_auth_ok(request: Request, expected: str) -> bool:
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    try:
-        given = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return scheme.lower() == "basic" and hmac.compare_digest(given, expected.encode())
 
 
 def selection_of(settings: Settings) -> Selection:
@@ -71,7 +95,7 @@ def refresh(process: ProcessMetrics, consumer: SyncConsumer | None, client: redi
     except RedisError:
         process.redis.set(0)
     if consumer is not None:
-        process.kafka.set(1 if consumer.state.kafka_ok else 0)
+        process.kafka.set(1 if consumer.kafka_connected else 0)
         process.in_group.set(1 if consumer.in_group else 0)
         process.set_lag(consumer.state.lag)
 
@@ -81,6 +105,7 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_redis(settings)
         client = redis_client(settings)
         engine = HealthEngine(settings.redis_prefix, settings.thresholds())
         process = ProcessMetrics()
@@ -122,25 +147,26 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
         description="Health and status of data syncs, folded from their lifecycle events.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
-    app.include_router(router)
+    install_api(app, settings)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics", tags=["ops"], response_class=Response, responses=metrics_responses(settings)
+    )
     def metrics(request: Request) -> Response:
         """Prometheus text format; basic auth when SYNCMON_METRICS_BASIC_AUTH is set."""
-        if settings.metrics_basic_auth and not _basic_auth_ok(request, settings.metrics_basic_auth):
-            return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="syncmon"'})
+        if settings.metrics_basic_auth and not basic_auth_ok(request, settings.metrics_basic_auth):
+            return metrics_unauthorized()
         collector: SyncmonCollector = app.state.collector
         chunks = collector.chunks()
         first = next(chunks)  # Redis is read here: if it is down, this is a clean 503
         return StreamingResponse(itertools.chain([first], chunks), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=HEALTHZ_RESPONSES)
     def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=READYZ_RESPONSES)
     def readyz() -> JSONResponse:
         """200 only while Redis answers and the consumer is in its group."""
         rt: Runtime = app.state.runtime

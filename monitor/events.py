@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
@@ -20,21 +21,70 @@ from pydantic import (
     StrictStr,
     Tag,
     TypeAdapter,
+    model_validator,
 )
 
 from monitor.enums import EventType, SyncStatus
 from monitor.patching import merge_patch
 
+# Bounds of what a view can hold exactly; a value outside them is bad input (dead-lettered),
+# never stored altered. Views store times as float epoch seconds: microseconds survive that
+# only up to about 2200, and pydantic reads numbers above 2e10 (year 2603) as milliseconds.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_INT = 2**63 - 1  # counts, sequences, HTTP statuses: what Kafka, Redis and JSON readers share
+MAX_ID_LENGTH = 256  # sync ids and the names the API filters on
+MAX_FREQUENCY_SECONDS = 3650 * 86400  # `sync_frequency`: ten years at most
+
+
+_OUT_OF_RANGE = "must be between 1970-01-01 and 2200-01-01"
+
+
+def _in_utc(value: datetime) -> datetime:
+    """In UTC and within the bounds; naive times are UTC. (Converting year 1 or 9999 with an
+    offset overflows: a ValueError here, never an OverflowError escaping the decoder.)"""
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(_OUT_OF_RANGE) from None
+    if not MIN_TIME <= value < MAX_TIME:
+        raise ValueError(_OUT_OF_RANGE)
+    return value
+
 
 def _as_utc(value: datetime) -> datetime:
     """Naive timestamps (the seed's "2023-12-15 01:29:29") are UTC; aware ones become UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return _in_utc(value)
 
 
 def _event_time(value: datetime) -> datetime:
     """Event times in UTC, to the millisecond: finer adds nothing to health, only bytes."""
-    value = value.astimezone(UTC)
+    value = _in_utc(value)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _finite(value: Any) -> Any:
+    """Free-form JSON (metadata, credential) with NaN or an infinity could not be stored as it
+    was read (JSON has no such numbers), so it is refused."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _frequency(value: str) -> str:
+    """`continuous` or `<n>[smhd]` (ASCII digits) of at most ten years."""
+    if value != "continuous":
+        seconds = int(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+        if seconds > MAX_FREQUENCY_SECONDS:
+            raise ValueError("must be at most 3650d")
+    return value
 
 
 _RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
@@ -49,8 +99,12 @@ def _rfc3339(value: Any) -> Any:
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_event_time)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
+NonNegInt = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
+Int64 = Annotated[StrictInt, Field(ge=-MAX_INT - 1, le=MAX_INT)]
 Text = Annotated[StrictStr, Field(min_length=1)]
+Name = Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+FreeJson = Annotated[dict[str, Any], AfterValidator(_finite)]
 
 
 def _sequence(value: Any) -> Any:
@@ -69,35 +123,42 @@ Sequence = Annotated[NonNegInt, BeforeValidator(_sequence)]
 class _Data(BaseModel):
     """Event payloads ignore unknown keys so producers can add fields first."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class RateLimit(BaseModel):
     """The seed's `rate_limit` object; unknown keys are kept."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     allowed_requests: NonNegInt | None = None
     interval: NonNegInt | None = None
     max_concurrent_requests: NonNegInt | None = None
 
+    @model_validator(mode="after")
+    def _finite_extras(self) -> RateLimit:
+        _finite(self.__pydantic_extra__)
+        return self
+
 
 class SyncFields(_Data):
     """The sync object's own fields (seed), as `sync.created` carries them."""
 
-    id: Text | None = None
-    provider: Text
-    stream_id: StrictStr | None = None
+    id: Id | None = None
+    provider: Id
+    stream_id: Name | None = None
     name: StrictStr | None = None
     status: SyncStatus = SyncStatus.ACTIVE
-    org_id: StrictStr | None = None
+    org_id: Name | None = None
     collection_ids: list[StrictStr] = Field(default_factory=list)
     rate_limit: RateLimit | None = None
     credential_id: StrictStr | None = None
-    credential: dict[str, Any] | None = None
+    credential: FreeJson | None = None
     max_age_days: NonNegInt | None = None
-    sync_frequency: Annotated[StrictStr, Field(pattern=r"^(continuous|\d+[smhd])$")] = "continuous"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    sync_frequency: Annotated[
+        StrictStr, Field(pattern=r"^(continuous|[0-9]{1,12}[smhd])$"), AfterValidator(_frequency)
+    ] = "continuous"
+    metadata: FreeJson = Field(default_factory=dict)
     created_at: UtcDatetime | None = None
     updated_at: UtcDatetime | None = None
 
@@ -122,7 +183,7 @@ class RunSucceeded(_Data):
 class RunError(_Data):
     code: StrictStr
     message: StrictStr
-    http_status: StrictInt | None = None
+    http_status: Int64 | None = None
     retryable: StrictBool = False
 
 
@@ -132,7 +193,7 @@ class RunFailed(_Data):
 
 
 class CredentialFailed(_Data):
-    http_status: StrictInt | None = None
+    http_status: Int64 | None = None
     message: StrictStr = ""
 
 
@@ -167,6 +228,7 @@ class IncidentResolved(_Data):
 def _valid_patch(patch: dict[str, Any]) -> dict[str, Any]:
     """A patch whose leaves have the wrong types is bad input, caught here and dead-lettered."""
     SyncFields.model_validate(merge_patch({"provider": "-"}, patch))
+    _finite(patch)
     return patch
 
 
@@ -202,7 +264,7 @@ class Envelope(BaseModel):
     source: Text
     type: StrictStr
     time: EventTime
-    subject: Text
+    subject: Id
     sequence: Sequence | None = None
 
 

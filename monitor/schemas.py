@@ -105,6 +105,17 @@ class SyncPage(BaseModel):
     next_cursor: str | None
 
 
+class Readiness(BaseModel):
+    """`/readyz`: what it checked; 200 when all hold, else 503 with the same body."""
+
+    redis: bool
+    consumer_in_group: bool
+
+
+class Liveness(BaseModel):
+    status: str
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

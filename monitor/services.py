@@ -156,6 +156,11 @@ class _Service:
         """SIGKILL the process group at once (crash simulation); the temp dir is kept."""
         self._terminate(timeout=0.0)
 
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait (SIGKILL after `timeout`): a clean stop that keeps the temp dir and
+        the port, so `start()` brings the same service back (with its data, if it keeps any)."""
+        self._terminate(timeout)
+
     def pause(self) -> None:
         """SIGSTOP: the port stays open but nothing answers (hang simulation)."""
         self._signal(signal.SIGSTOP)
@@ -209,7 +214,11 @@ class _Service:
 
 
 class RedisServer(_Service):
-    """A throwaway redis-server on 127.0.0.1 with persistence off."""
+    """A throwaway redis-server on 127.0.0.1, persistence off unless `persistent`.
+
+    `persistent=True` turns on the append-only file with an fsync per write, so every write
+    Redis acknowledged survives `shutdown()`, `kill()` and a later `start()` in the same dir.
+    """
 
     name = "redis"
 
@@ -219,9 +228,11 @@ class RedisServer(_Service):
         workdir: Path | None = None,
         password: str | None = None,
         startup_timeout: float = 10.0,
+        persistent: bool = False,
     ) -> None:
         super().__init__(port, workdir, startup_timeout)
         self.password = password
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceError(
@@ -251,7 +262,8 @@ class RedisServer(_Service):
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", str(self.workdir),
             "--daemonize", "no",
             "--protected-mode", "no",
@@ -264,9 +276,10 @@ class RedisServer(_Service):
         try:
             with self.client(timeout=0.5) as conn:
                 info = conn.info("server")
+                loading = conn.info("persistence").get("loading", 0) if self.persistent else 0
         except redis.RedisError:
             return False
-        return self._proc is not None and info.get("process_id") == self._proc.pid
+        return self._proc is not None and info.get("process_id") == self._proc.pid and not loading
 
 
 class Broker(_Service):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,12 +29,17 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
     kafka_max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 60_000
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = Field(default=None, repr=False)
     kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_password: str | None = Field(default=None, repr=False)  # of the key file
+    kafka_ssl_check_hostname: bool = True
 
-    redis_url: str = "redis://localhost:6379/0"
+    # May hold a password (`redis://user:pass@host`), so it is kept out of reprs and logs.
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     redis_prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = "syncmon"
 
     http_host: str = "127.0.0.1"
@@ -87,6 +93,42 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _coherent_kafka_security(self) -> Settings:
+        """Credentials the protocol would silently not use are an error, not a surprise."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        ssl = self.kafka_security_protocol.endswith("SSL")
+        sasl_set = [
+            n
+            for n in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+            if getattr(self, n) is not None
+        ]
+        ssl_set = [
+            n
+            for n in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+            if getattr(self, n) is not None
+        ]
+        if sasl and len(sasl_set) < 3:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                f"{ENV_PREFIX}KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD"
+            )
+        if sasl_set and not sasl:
+            raise ValueError(
+                f"{ENV_PREFIX}{sasl_set[0].upper()} is set but {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL"
+                " is not SASL_PLAINTEXT or SASL_SSL"
+            )
+        if ssl_set and not ssl:
+            raise ValueError(
+                f"{ENV_PREFIX}{ssl_set[0].upper()} is set but {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL"
+                " is not SSL or SASL_SSL"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SSL_CERTFILE and {ENV_PREFIX}KAFKA_SSL_KEYFILE go together"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _valid_thresholds(self) -> Settings:
         """Builds every provider's thresholds once so a bad override fails at start-up."""
         self.thresholds()
@@ -114,15 +156,33 @@ class Settings(BaseSettings):
         return ThresholdBook(base, per_provider)
 
     def kafka_security(self) -> dict[str, Any]:
-        """SSL/SASL options passed through to every kafka-python client."""
+        """SSL/SASL options passed through to every kafka-python client (consumer, producers,
+        admin), under kafka-python's own names."""
         options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             options["sasl_mechanism"] = self.kafka_sasl_mechanism
             options["sasl_plain_username"] = self.kafka_sasl_username
             options["sasl_plain_password"] = self.kafka_sasl_password
-        if self.kafka_ssl_cafile:
-            options["ssl_cafile"] = self.kafka_ssl_cafile
+        if self.kafka_security_protocol.endswith("SSL"):
+            options["ssl_check_hostname"] = self.kafka_ssl_check_hostname
+            for name in ("cafile", "certfile", "keyfile", "password"):
+                value = getattr(self, f"kafka_ssl_{name}")
+                if value is not None:
+                    options[f"ssl_{name}"] = value
         return options
+
+
+def redis_location(url: str) -> str:
+    """The Redis URL without credentials or query: what messages may show."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class SettingsError(SystemExit):

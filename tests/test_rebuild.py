@@ -30,6 +30,7 @@ from monitor.store.indexes import Indexes
 from monitor.store.switch import NOT_CAUGHT_UP, carried_patterns, swap_in
 from monitor.store.syncs import SyncViews
 from tests.eventlib import encode, expected_fold, lifecycle, produce_records, stored_state
+from tests.faultlib import record_figures
 from tests.support import as_env, fast_settings
 
 PREFIX = "rebuild"
@@ -155,6 +156,7 @@ def test_rebuild_after_redis_lost_everything_equals_the_pure_fold(
         writers = threading.Thread(target=keep_producing)
         readers.start()
         writers.start()
+        started = time.monotonic()
         log = tmp_path / "rebuild.log"
         with log.open("wb") as out:
             code = subprocess.call(
@@ -164,6 +166,7 @@ def test_rebuild_after_redis_lost_everything_equals_the_pure_fold(
                 stderr=subprocess.STDOUT,
                 timeout=180,
             )
+        rebuild_seconds = time.monotonic() - started
         writers.join()
         stop.set()
         readers.join()
@@ -174,6 +177,7 @@ def test_rebuild_after_redis_lost_everything_equals_the_pure_fold(
         assert set(answers) == {200} and answers[200] > 10, answers
 
         wait_for(len(records))
+        caught_up_seconds = time.monotonic() - started
         expected_views, expected_counts = expected_fold(produced)
         stored_views, stored_counts = stored_state(own_redis.url, PREFIX, list(expected_views))
         assert stored_counts == expected_counts
@@ -190,6 +194,19 @@ def test_rebuild_after_redis_lost_everything_equals_the_pure_fold(
         body = client.get(f"/v1/syncs/{one}").json()
         assert body["health"]["status"] in {s.value for s in HealthStatus}
         assert client.get("/readyz").status_code == 200
+        record_figures(
+            tmp_path,
+            "redis_lost_then_rebuild",
+            {
+                "events": len(records),
+                "views_compared": len(expected_views),
+                "lost": sum((expected_counts - stored_counts).values()),
+                "double_applied": sum((stored_counts - expected_counts).values()),
+                "rebuild_command_s": round(rebuild_seconds, 2),
+                "caught_up_s": round(caught_up_seconds, 2),
+                "api_answers_during_rebuild": dict(answers),
+            },
+        )
 
     scratch = redis.Redis.from_url(own_redis.url.replace("/0", "/1"))
     deadline = time.monotonic() + 10
