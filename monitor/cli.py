@@ -59,8 +59,14 @@ def serve(settings: Settings) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.app import RedisCredentialsError, check_redis
+
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        check_redis(settings)  # here, so refused credentials end in one line, not a traceback
+    except RedisCredentialsError:
+        return 2  # check_redis logged why
     tune_gc()
     serve(settings)
     return 0

@@ -586,9 +586,10 @@ def test_syncmon_run_with_a_wrong_redis_password_exits_clearly(
         "SYNCMON_LOG_LEVEL": "DEBUG",
     }
     done = subprocess.run(SYNCMON, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
+    assert done.returncode == 2
     output = done.stdout + done.stderr
     assert "SYNCMON_REDIS_URL" in output and "refused the credentials" in output, output
+    assert "Traceback" not in output, output
     assert_clean(output, "the output of syncmon run")
 
 
