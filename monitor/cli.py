@@ -94,6 +94,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         max_events=args.max_events,
         binary_ratio=args.binary_ratio,
         stop=None,
+        security=settings.kafka_security(),
     )
     print(f"sent {sent} events to {topic} on {bootstrap}")
     return 0

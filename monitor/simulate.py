@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -290,7 +290,12 @@ class _Deliveries:
         return sorted(failed, key=lambda f: f[0])
 
 
-def _connect(bootstrap_servers: str, stop: threading.Event, deadline: float | None) -> Any:
+def _connect(
+    bootstrap_servers: str,
+    stop: threading.Event,
+    deadline: float | None,
+    security: Mapping[str, Any] | None = None,
+) -> Any:
     """Build the producer, retrying with backoff while the broker is not up yet."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
@@ -306,6 +311,7 @@ def _connect(bootstrap_servers: str, stop: threading.Event, deadline: float | No
                 allow_auto_create_topics=False,
                 max_block_ms=5000,
                 bootstrap_timeout_ms=5000,
+                **(security or {}),
             )
         except KafkaError as exc:
             log.warning(
@@ -394,8 +400,12 @@ def run(
     stop: threading.Event | None = None,
     *,
     warmup: float = WARMUP_SECONDS,
+    security: Mapping[str, Any] | None = None,
 ) -> int:
-    """Produce the live simulation to Kafka at <= `rate` events/s; returns records acked."""
+    """Produce the live simulation to Kafka at <= `rate` events/s; returns records acked.
+
+    `security`: kafka-python SSL/SASL options, as `Settings.kafka_security()` gives them.
+    """
     if rate <= 0 or syncs < 1 or warmup < 0:
         raise ValueError("need rate > 0, syncs >= 1 and warmup >= 0")
     stop = stop if stop is not None else threading.Event()
@@ -410,7 +420,7 @@ def run(
         bootstrap_servers,
         topic,
     )
-    producer = _connect(bootstrap_servers, stop, deadline)
+    producer = _connect(bootstrap_servers, stop, deadline, security)
     if producer is None:
         return 0
     feed = LiveFeed(syncs, seed, datetime.now(UTC) - timedelta(seconds=warmup), binary_ratio)

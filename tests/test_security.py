@@ -782,6 +782,44 @@ def test_kafka_ssl_and_sasl_reach_every_kafka_client(
     assert_clean(caplog.text, "logs", allowed=())
 
 
+def test_kafka_ssl_and_sasl_reach_the_simulator_rebuild_and_publication_check(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import threading
+
+    import kafka
+
+    import consumers.already
+    import consumers.rebuild
+    from consumers.already import published_ids
+    from consumers.rebuild import Rebuild
+    from monitor import simulate
+
+    built: list[tuple[str, dict[str, Any]]] = []
+
+    def fake(kind: str) -> Any:
+        def build(*args: Any, **config: Any) -> Any:
+            built.append((kind, config))
+            raise _Stop
+
+        return build
+
+    monkeypatch.setattr(kafka, "KafkaProducer", fake("simulator"))
+    monkeypatch.setattr(consumers.rebuild, "KafkaConsumer", fake("rebuild"))
+    monkeypatch.setattr(consumers.already, "KafkaConsumer", fake("check"))
+    settings = Settings(redis_url=redis_url, **KAFKA_SECURITY)
+    with pytest.raises(_Stop):
+        simulate.run("b:9092", "t", 1, 1.0, 1, 1.0, 1, stop=threading.Event(),
+                     security=settings.kafka_security())  # fmt: skip
+    with pytest.raises(_Stop):
+        Rebuild(settings, redis.Redis.from_url(redis_url), scratch_db=None)._consumer()
+    with pytest.raises(_Stop):
+        published_ids("b:9092", "t", 0, {"x"}, settings.kafka_security())
+    assert [kind for kind, _ in built] == ["simulator", "rebuild", "check"]
+    for kind, config in built:
+        assert EXPECTED_KAFKA.items() <= config.items(), (kind, config)
+
+
 @pytest.mark.parametrize(
     ("values", "word"),
     [
