@@ -541,6 +541,7 @@ def test_any_record_is_dead_lettered_or_folded_into_a_valid_view(client: redis.R
 
     run()
     # Both branches really ran, often: not a DLQ-only fuzz.
+    print(f"FIGURES {dict(seen)}")
     assert seen["dead"] >= 500, seen
     assert seen["decoded"] >= 300, seen
     assert seen["applied"] >= 120, seen
