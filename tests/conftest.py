@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 import redis
+
+from tests.support import Topics
 
 if TYPE_CHECKING:  # imported lazily below: kafka warns at import, before pytest_configure
     from monitor.services import Broker, RedisServer
@@ -67,16 +68,6 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(url) as conn:
         conn.flushdb()
     return url
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Per-test topic names on the session broker."""
-
-    bootstrap: str
-    lifecycle: str
-    dlq: str
-    partitions: int = 3
 
 
 @pytest.fixture

@@ -147,14 +147,19 @@ def expected_fold(records: list[Any]) -> tuple[dict[str, Any], Counter[tuple[str
 
 
 def produce_records(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[Any]]]
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes, list[Any]]],
+    max_request_size: int = 1 << 20,
 ) -> list[Any]:
     """Produces and returns each record as a RawMessage with the partition and offset it got."""
     from kafka import KafkaProducer
 
     from consumers.decode import RawMessage
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=max_request_size
+    )
     futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]
     producer.flush()
     out = []

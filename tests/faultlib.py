@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,6 @@ import redis
 from monitor.store.counters import EventCounters
 from monitor.store.fences import Fences
 from tests.eventlib import expected_fold, stored_state
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Topic names on one broker (the same shape as conftest's `topics` fixture)."""
-
-    bootstrap: str
-    lifecycle: str
-    dlq: str
-    partitions: int = 3
 
 
 def start_monitor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

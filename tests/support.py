@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names on one broker (what the `topics` fixture gives, or a test's own)."""
+
+    bootstrap: str
+    lifecycle: str
+    dlq: str
+    partitions: int = 3
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Polls `fn` until it returns something true, which it returns; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout}s; last: {result!r}")
+        time.sleep(0.1)
+
 
 FAST_GROUP = {
     "kafka_session_timeout_ms": 6000,  # a member joins in ~3 s on the test broker

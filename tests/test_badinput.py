@@ -46,6 +46,7 @@ from monitor.store.health import HealthViews
 from monitor.store.providers import ProviderViews
 from monitor.store.syncs import FACTS_PART, STORED_SEED, SyncViews
 from monitor.views import ProviderView, SyncView
+from tests.eventlib import produce_records
 from tests.support import fast_settings
 
 TOPIC = "sync.lifecycle.badinput"
@@ -724,21 +725,6 @@ def test_non_finite_numbers_are_not_json(client: redis.Redis, number: bytes) -> 
     )
 
 
-def produce_big(bootstrap: str, topic: str, records: list[Any]) -> list[RawMessage]:
-    """Like produce_records, with a producer that sends records over 1 MiB."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 << 20)
-    futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]
-    producer.flush()
-    out = []
-    for (k, v, h), f in zip(records, futures, strict=True):
-        md = f.get(timeout=30)
-        out.append(RawMessage(topic, md.partition, md.offset, k, v, list(h)))
-    producer.close()
-    return out
-
-
 def test_bad_records_reach_the_dlq_topic_unchanged(
     topics: Any, redis_url: str, client: redis.Redis
 ) -> None:
@@ -754,7 +740,7 @@ def test_bad_records_reach_the_dlq_topic_unchanged(
         (b"s-ok", _dumps(_event(subject="s-ok", time="2700-01-01T00:00:00Z", id="bad-time")), []),
         (b"s-ok", _dumps(_event(subject="s-ok", id="ok-1")), []),
     ]
-    produced = produce_big(topics.bootstrap, topics.lifecycle, records)
+    produced = produce_records(topics.bootstrap, topics.lifecycle, records, 8 << 20)
     got: list[Any] = []
     view = None
     with TestClient(create_app(settings)):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,19 +16,10 @@ from monitor.services import free_port
 from monitor.simulate import history
 from monitor.store.counters import EventCounters
 from tests.eventlib import expected_fold, produce_records, stored_state
+from tests.faultlib import start_monitor
 from tests.support import as_env, fast_settings
 
 PREFIX = "crash"
-
-
-def start_monitor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "run"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def counted(client: redis.Redis) -> int:

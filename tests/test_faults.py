@@ -27,7 +27,6 @@ from monitor.services import Broker, RedisServer, ensure_topics, free_port
 from monitor.simulate import history
 from tests.eventlib import produce_records
 from tests.faultlib import (
-    Topics,
     assert_exact,
     committed_offsets,
     counted,
@@ -40,7 +39,7 @@ from tests.faultlib import (
     wait_counted,
     wait_for,
 )
-from tests.support import as_env, fast_settings
+from tests.support import Topics, as_env, fast_settings
 
 # -- kill -9 at scale -----------------------------------------------------------------------
 

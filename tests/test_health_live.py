@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import subprocess
 import sys
@@ -17,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
 
 from monitor.app import create_app
 from monitor.services import ensure_topics, free_port
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, produce_records, recent, sync_created
+from tests.faultlib import read_topic
 from tests.support import as_env, fast_settings
 
 FAST = {
@@ -68,17 +67,7 @@ def health_topic(topics: Any) -> str:
 
 def read_changes(bootstrap: str, topic: str, partitions: int, settle: float = 1.0) -> list[Any]:
     """Every `sync.health.changed` on the topic (reads until nothing new for `settle` s)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    out: list[Any] = []
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < settle:
-        got = [r for batch in consumer.poll(timeout_ms=200).values() for r in batch]
-        if got:
-            out.extend(json.loads(r.value) for r in got)
-            quiet_since = time.monotonic()
-    consumer.close()
-    return out
+    return [value for *_, value in read_topic(bootstrap, topic, partitions, settle)]
 
 
 def ready(client: TestClient) -> None:

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from monitor.app import create_app
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, encode_binary, iso, lifecycle, recent
-from tests.support import fast_settings
+from tests.support import fast_settings, wait_for
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,17 +36,6 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[A
         producer.send(topic, key=key, value=value, headers=headers)
     producer.flush()
     producer.close()
-
-
-def wait_for(fn: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s; last: {result!r}")
-        time.sleep(0.1)
 
 
 def test_events_in_api_out(settings: Settings, client: TestClient) -> None:

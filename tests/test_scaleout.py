@@ -35,7 +35,6 @@ from monitor.store.health import HealthViews
 from monitor.store.outbox import GROUP, Outbox
 from tests.eventlib import produce_records
 from tests.faultlib import (
-    Topics,
     assert_exact,
     counted,
     log_tail,
@@ -46,7 +45,7 @@ from tests.faultlib import (
     wait_counted,
     wait_for,
 )
-from tests.support import as_env, fast_settings
+from tests.support import Topics, as_env, fast_settings
 
 PREFIX = "scale"
 PARTITIONS = 6

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +37,7 @@ from monitor.services import RedisServer, free_port
 from monitor.settings import Settings, SettingsError, load_settings
 from monitor.store.codec import unpack
 from tests.eventlib import cloudevent, encode, encode_binary, produce_records, recent
-from tests.support import as_env, fast_settings
+from tests.support import as_env, fast_settings, wait_for
 
 SYNCMON = [sys.executable, "-m", "monitor.cli", "run"]
 MARK = "PLANTED"  # every planted secret holds it
@@ -49,17 +49,6 @@ METRICS_PASSWORD = f"mpw-{uuid.uuid4().hex}"
 METRICS_AUTH = f"prom:{METRICS_PASSWORD}"
 CLIENT_LOGGERS = ("httpx", "httpcore")  # the test's own HTTP client logs the URLs it sends
 NEVER_SHOWN = (SECRET, SECRET2, DEAD, MARK, *TOKENS, METRICS_PASSWORD)
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout}s; last: {result!r}")
-        time.sleep(0.1)
 
 
 def bearer(token: str) -> dict[str, str]:
