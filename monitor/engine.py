@@ -1,7 +1,7 @@
 """The health engine: evaluates syncs, stores health and queues each status change exactly once.
 
-Every write goes through `stage`, inside a transaction that WATCHes the health keys it read,
-so two evaluators racing on one sync (a rebalance, a tick beside a batch) record one change.
+Every write is queued in one transaction that WATCHes the health keys it read, so two
+evaluators racing on one sync (a rebalance, a tick beside a batch) record one change.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from redis import Redis
@@ -16,26 +17,47 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from monitor.enums import CredentialStatus, HealthStatus
-from monitor.health import Health, ThresholdBook, evaluate, next_deadline
+from monitor.health import (
+    OK,
+    RULE_FIELDS,
+    Check,
+    Health,
+    History,
+    ThresholdBook,
+    Verdict,
+    assess,
+    health_of,
+    next_deadline,
+)
 from monitor.store.base import Client, text
 from monitor.store.due import DueIndex
-from monitor.store.health import HealthViews, StoredHealth, SyncRow
+from monitor.store.epoch import Epoch
+from monitor.store.health import HealthViews, Stored, SyncRow
 from monitor.store.indexes import Indexes
 from monitor.store.outbox import Outbox
 from monitor.store.providers import ProviderViews
 from monitor.store.syncs import SyncViews
-from monitor.views import Incident, ProviderView, SyncView
+from monitor.views import Incident, ProviderView, SyncView, trusted
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
-CHUNK = 500
+CHUNK = 250  # WATCH costs Redis O(keys watched) per key: larger chunks cost more per sync
 FANOUT_TEMPLATE = "{prefix}:fanout"
+_VALUES = {s: s.value for s in HealthStatus}  # `.value` is a slow descriptor on a hot path
+_ROW_FIELDS = set(SyncRow.model_fields)  # every one given: shared by the rows (frozen)
+# What the engine reads of a view: the rules' fields, the metrics row's and its own.
+VIEW_FIELDS = RULE_FIELDS | {"org_id", "name", "last_event_at", "applied", "deleted_at", "known"}
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def to_ms(now: datetime) -> datetime:
+    """Health times are stored to the millisecond."""
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def incidents_of(providers: dict[str, ProviderView], provider: str | None) -> Sequence[Incident]:
@@ -43,7 +65,7 @@ def incidents_of(providers: dict[str, ProviderView], provider: str | None) -> Se
     return tuple(view.incidents.values()) if view is not None else ()
 
 
-def change_event(previous: Health | None, health: Health) -> str:
+def change_event(previous: History | None, health: Health) -> str:
     """The `sync.health.changed` CloudEvent; its id numbers the change, so it is stable."""
     changed_at = (health.in_status_since or health.evaluated_at).isoformat().replace("+00:00", "Z")
     data = {
@@ -69,32 +91,77 @@ def change_event(previous: Health | None, health: Health) -> str:
     )
 
 
-def indexed_provider(previous: StoredHealth, view: SyncView) -> str | None:
+def indexed_provider(previous: Stored, view: SyncView) -> str | None:
     """The provider a sync's health is indexed under: the one stored with its last health."""
     return previous.m.p if previous.m is not None else view.provider
 
 
-def row_of(view: SyncView, health: Health) -> SyncRow:
+def row_of(view: SyncView, found: Iterable[Verdict | Check]) -> SyncRow:
     """The metrics row of a sync: labels and facts `/metrics` renders without the view."""
-    if view.backfill_complete:
-        ratio: float | None = None  # `bc` says it: complete
-    elif view.backfill:
-        ratio = sum(p.ratio or 0.0 for p in view.backfill.values()) / len(view.backfill)
+    complete = view.initial_backfill_completed_at is not None
+    backfill = view.backfill
+    if complete or not backfill:
+        ratio: float | None = None  # if complete, `bc` says so
     else:
-        ratio = None
-    return SyncRow(
-        p=view.provider,
-        o=view.org_id,
-        n=view.name,
-        f=view.sync_frequency,
-        ls=view.last_success_at,
-        le=view.last_event_at,
-        bc=int(view.backfill_complete),
-        br=None if ratio is None else round(ratio, 4),
-        cf=view.consecutive_failures,
-        cr=int(view.credential_status is CredentialStatus.FAILED),
-        ck={c.name: c.status.value for c in health.checks if c.status is not HealthStatus.HEALTHY},
+        ratio = sum(p.ratio or 0.0 for p in backfill.values()) / len(backfill)
+    return trusted(
+        SyncRow,
+        {
+            "p": view.provider,
+            "o": view.org_id,
+            "n": view.name,
+            "f": view.sync_frequency,
+            "ls": view.last_success_at,
+            "le": view.last_event_at,
+            "bc": int(complete),
+            "br": None if ratio is None else round(ratio, 4),
+            "cf": view.consecutive_failures,
+            "cr": int(view.credential_status is CredentialStatus.FAILED),
+            "ck": {c.name: _VALUES[c.status] for c in found if c.status is not OK},
+        },
+        _ROW_FIELDS,
     )
+
+
+@dataclass(slots=True)
+class Writes:
+    """One transaction's writes, grouped by key: a chunk of syncs is a few commands.
+
+    Each (key, member) keeps its last operation, so the result is that of issuing them in
+    order, one command each.
+    """
+
+    healths: dict[str, str | None] = field(default_factory=dict)  # None: delete
+    sets: dict[str, dict[str, bool]] = field(default_factory=dict)  # SADD (True) / SREM
+    due: dict[str, dict[str, float | None]] = field(default_factory=dict)  # ZADD / ZREM
+    events: list[tuple[str, str]] = field(default_factory=list)  # outbox, in order
+
+    def member(self, key: str, member: str, present: bool) -> None:
+        self.sets.setdefault(key, {})[member] = present
+
+    def schedule(self, key: str, member: str, when: datetime | None) -> None:
+        self.due.setdefault(key, {})[member] = None if when is None else when.timestamp()
+
+    def queue(self, pipe: Client, outbox: Outbox) -> None:
+        """Queues every write on `pipe` (inside the caller's MULTI)."""
+        gone = [k for k, v in self.healths.items() if v is None]
+        stored = {k: v for k, v in self.healths.items() if v is not None}
+        if gone:
+            pipe.delete(*gone)
+        if stored:
+            pipe.mset(stored)
+        for key, members in self.sets.items():
+            if removed := [m for m, present in members.items() if not present]:
+                pipe.srem(key, *removed)
+            if added := [m for m, present in members.items() if present]:
+                pipe.sadd(key, *added)
+        for key, scores in self.due.items():
+            if removed := [m for m, score in scores.items() if score is None]:
+                pipe.zrem(key, *removed)
+            if added_scores := {m: score for m, score in scores.items() if score is not None}:
+                pipe.zadd(key, added_scores)
+        for sync_id, event in self.events:
+            outbox.add(pipe, sync_id, event)
 
 
 class HealthEngine:
@@ -112,6 +179,8 @@ class HealthEngine:
         self.due = DueIndex(prefix)
         self.outbox = Outbox(prefix)
         self.fanout_key = FANOUT_TEMPLATE.format(prefix=prefix)
+        self.epoch_key = Epoch(prefix).key
+        self._due_keys: dict[int | None, str] = {}
 
     # -- inside someone's transaction ------------------------------------------------------
 
@@ -119,37 +188,68 @@ class HealthEngine:
         self,
         pipe: Client,
         view: SyncView,
-        previous: StoredHealth | None,
+        previous: Stored | None,
         incidents: Sequence[Incident],
         now: datetime,
-    ) -> Health:
+    ) -> None:
         """Queues the new health, its index entry, its next deadline and any change event."""
-        thresholds = self.book.for_provider(view.provider)
-        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # stored to the ms
-        health = evaluate(view, now, thresholds, incidents, previous)
-        self.healths.put(pipe, health, row_of(view, health))
-        old = (indexed_provider(previous, view), previous.status.value) if previous else None
-        self.indexes.move_health(pipe, view.id, old, (view.provider, health.status.value))
-        if previous is None or previous.status is not health.status:
-            self.outbox.add(pipe, view.id, change_event(previous, health))
-        deadline = next_deadline(view, now, thresholds, health)
-        self.due.schedule(pipe, view.applied.partition, view.id, deadline)
-        return health
+        writes = Writes()
+        self._stage(writes, view, previous, incidents, to_ms(now))
+        writes.queue(pipe, self.outbox)
 
     def forget(
         self, pipe: Client, sync_id: str, provider: str | None, partition: int | None
     ) -> None:
         """A deleted sync leaves no health, index entry or deadline behind."""
-        self.healths.delete(pipe, sync_id)
-        for status in HealthStatus:
-            self.indexes.move_health(pipe, sync_id, (provider, status.value), None)
-        self.due.schedule(pipe, partition, sync_id, None)
+        writes = Writes()
+        self._forget(writes, sync_id, provider, partition)
+        writes.queue(pipe, self.outbox)
 
     def request_fanout(self, pipe: Client, providers: Iterable[str]) -> None:
         """Durably asks for a provider's syncs to be re-evaluated (incident opened or closed)."""
         names = list(providers)
         if names:
             pipe.sadd(self.fanout_key, *names)
+
+    def _stage(
+        self,
+        writes: Writes,
+        view: SyncView,
+        previous: Stored | None,
+        incidents: Sequence[Incident],
+        now: datetime,
+    ) -> None:
+        """Checks are rendered only for a change event: nothing else stores or sends them."""
+        thresholds = self.book.for_provider(view.provider)
+        a = assess(view, now, thresholds, incidents, previous)
+        status = a.status
+        writes.healths[self.healths.key(view.id)] = self.healths.dump(a, row_of(view, a.verdicts))
+        if previous is None:
+            writes.member(self.indexes.health_key(view.provider, status), view.id, True)
+        elif previous.status is not status or indexed_provider(previous, view) != view.provider:
+            old = self.indexes.health_key(indexed_provider(previous, view), previous.status)
+            writes.member(old, view.id, False)
+            writes.member(self.indexes.health_key(view.provider, status), view.id, True)
+        if previous is None or previous.status is not status:
+            event = change_event(previous, health_of(view, incidents, a))
+            writes.events.append((view.id, event))
+        deadline = next_deadline(view, now, thresholds, a)
+        writes.schedule(self._due_key(view.applied.partition), view.id, deadline)
+
+    def _forget(
+        self, writes: Writes, sync_id: str, provider: str | None, partition: int | None
+    ) -> None:
+        writes.healths[self.healths.key(sync_id)] = None
+        for status in HealthStatus:
+            writes.member(self.indexes.health_key(provider, status.value), sync_id, False)
+        writes.schedule(self._due_key(partition), sync_id, None)
+
+    def _due_key(self, partition: int | None) -> str:
+        """Formatted once per partition, not once per sync."""
+        key = self._due_keys.get(partition)
+        if key is None:
+            key = self._due_keys[partition] = self.due.key(partition)
+        return key
 
     # -- own transactions ------------------------------------------------------------------
 
@@ -160,9 +260,10 @@ class HealthEngine:
 
         `found_in` names the due set a sync was read from, so a stale entry there is removed.
         """
+        ids = list(dict.fromkeys(sync_ids))  # once each: one health write, one change event
         done = 0
-        for i in range(0, len(sync_ids), CHUNK):
-            done += self._evaluate_chunk(client, list(sync_ids[i : i + CHUNK]), found_in or {})
+        for i in range(0, len(ids), CHUNK):
+            done += self._evaluate_chunk(client, ids[i : i + CHUNK], found_in or {})
         return done
 
     def sweep(self, client: Redis, partitions: Iterable[int], limit: int = 10_000) -> int:
@@ -198,25 +299,28 @@ class HealthEngine:
                     log.debug("health of %d syncs changed under a sweep; re-reading", len(ids))
 
     def _stage_chunk(self, pipe: Pipeline, ids: list[str], found_in: dict[str, int]) -> int:
-        health_keys = [self.healths.key(i) for i in ids]
-        pipe.watch(*health_keys)  # type: ignore[no-untyped-call]
+        health_keys = self.healths.keys(ids)
+        # the epoch too: a rebuild's SWAPDB between our read and EXEC must void the write
+        pipe.watch(*health_keys, self.epoch_key)  # type: ignore[no-untyped-call]
         raw = pipe.mget(self.syncs.keys(ids) + health_keys)
-        views = self.syncs.parse_many(ids, raw[: 2 * len(ids)])
+        views = self.syncs.parse_fields(ids, raw[: 2 * len(ids)], VIEW_FIELDS)
         raw_healths = raw[2 * len(ids) :]
-        healths = [self.healths.parse(i, r) for i, r in zip(ids, raw_healths, strict=True)]
+        healths = [self.healths.parse_last(r) for r in raw_healths]
         providers = self.providers.all(pipe)
-        now = self.clock()
-        pipe.multi()
+        now = to_ms(self.clock())
+        writes = Writes()
         staged = 0
         for sync_id, view, previous in zip(ids, views, healths, strict=True):
             home = view.applied.partition if view is not None else None
             if sync_id in found_in and found_in[sync_id] != home:
-                self.due.schedule(pipe, found_in[sync_id], sync_id, None)
+                writes.schedule(self._due_key(found_in[sync_id]), sync_id, None)
             if view is None or view.deleted or not view.known:
                 provider = previous.m.p if previous is not None and previous.m else None
-                self.forget(pipe, sync_id, provider, home)
+                self._forget(writes, sync_id, provider, home)
                 continue
-            self.stage(pipe, view, previous, incidents_of(providers, view.provider), now)
+            self._stage(writes, view, previous, incidents_of(providers, view.provider), now)
             staged += 1
+        pipe.multi()
+        writes.queue(pipe, self.outbox)
         pipe.execute()
         return staged

@@ -42,6 +42,23 @@ def evolve(model: M, **updates: Any) -> M:
     return new
 
 
+def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
+    """An instance from values of the declared types that we produced ourselves, unvalidated.
+
+    `model_construct` costs a sweep as much as the work around it. A field left out of
+    `values` is absent: reading it raises AttributeError rather than inventing a default.
+    Frozen models never change `fields_set`, so callers may share one (the keys of `values`).
+    """
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    object.__setattr__(
+        model, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set
+    )
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
+
+
 def event_key(event_id: str) -> str:
     """Recent event ids are kept as 48-bit digests, 8 characters instead of a 36-char UUID;
     a false duplicate among the last 8 ids has odds of about 1 in 3 * 10**13."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import monitor.health as health_module
+import monitor.rules as rules_module
 from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
 from monitor.events import RunError
 from monitor.health import (
@@ -1413,9 +1414,10 @@ def test_same_inputs_same_outputs(
     assert checks(view, now, t, incidents) == checks(view, now, t, incidents)
 
 
-def test_clock_is_only_the_now_argument() -> None:
+@pytest.mark.parametrize("module", [health_module, rules_module])
+def test_clock_is_only_the_now_argument(module: Any) -> None:
     """No call to a clock anywhere in the module: time comes in through `now` alone."""
-    tree = ast.parse(inspect.getsource(health_module))
+    tree = ast.parse(inspect.getsource(module))
     clocks = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}
     calls = [
         node.func.attr

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from monitor.health import EpochMs, Health
+from monitor.enums import HealthStatus
+from monitor.health import Assessment, EpochMs, Health
 from monitor.store.base import Client
+from monitor.views import trusted
 
 TEMPLATE = "{prefix}:health:{id}"
 NOT_STORED = {"checks", "credential", "provider", "sync_id"}
@@ -39,17 +41,45 @@ class StoredHealth(Health):
     m: SyncRow | None = None
 
 
+class _Indexed(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    p: str | None = None  # the provider the health is indexed under
+
+
+class LastHealth(BaseModel):
+    """A stored health as the engine reads it back: the history an evaluation carries on
+    (as in `Health`) and, of the row, the provider it is indexed under."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: HealthStatus
+    evaluated_at: EpochMs
+    in_status_since: EpochMs | None = None
+    last_healthy_at: EpochMs | None = None
+    erroring_since: EpochMs | None = None
+    pending: HealthStatus | None = None
+    pending_since: EpochMs | None = None
+    transitions: int = 0
+    m: _Indexed | None = None
+
+
+Stored = StoredHealth | LastHealth
+
+
 class HealthViews:
     """Evaluated health (status and history), apart from the view: it depends on the clock."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self._head = TEMPLATE.format(prefix=prefix, id="")  # keys are this and the id
 
     def key(self, sync_id: str) -> str:
-        return TEMPLATE.format(prefix=self.prefix, id=sync_id)
+        return self._head + sync_id
 
     def keys(self, sync_ids: list[str]) -> list[str]:
-        return [self.key(i) for i in sync_ids]
+        head = self._head
+        return [head + i for i in sync_ids]
 
     @staticmethod
     def parse(sync_id: str, raw: bytes | str | None) -> StoredHealth | None:
@@ -58,6 +88,11 @@ class HealthViews:
         values: dict[str, Any] = pydantic_core.from_json(raw)
         values["sync_id"] = sync_id
         return StoredHealth.model_validate(values)
+
+    @staticmethod
+    def parse_last(raw: bytes | str | None) -> LastHealth | None:
+        """The history of a stored health, for a sweep: a third of the cost of `parse`."""
+        return None if raw is None else LastHealth.model_validate_json(raw)
 
     def get_many(self, client: Client, sync_ids: list[str]) -> list[StoredHealth | None]:
         if not sync_ids:
@@ -68,9 +103,41 @@ class HealthViews:
     def put(self, pipe: Client, health: Health, row: SyncRow | None = None) -> None:
         """Stores the status, its history and the metrics row; what derives from the view,
         the incidents and the clock (checks, credential, provider) is recomputed when read."""
-        full = StoredHealth.model_construct(**health.__dict__, m=row)
-        stored = full.model_dump_json(exclude=NOT_STORED, exclude_defaults=True)
-        pipe.set(self.key(health.sync_id), stored)
+        pipe.set(self.key(health.sync_id), _dump({**health.__dict__, "m": row}))
+
+    @staticmethod
+    def dump(a: Assessment, row: SyncRow | None) -> str:
+        """What `put` stores for the health of this assessment, without rendering its checks."""
+        values = {
+            "status": a.status,
+            "evaluated_at": a.evaluated_at,
+            "in_status_since": a.in_status_since,
+            "last_healthy_at": a.last_healthy_at,
+            "erroring_since": a.erroring_since,
+            "pending": a.pending,
+            "pending_since": a.pending_since,
+            "transitions": a.transitions,
+            "m": row,
+        }
+        return trusted(_Form, values, _FORM_FIELDS).model_dump_json(exclude_defaults=True)
 
     def delete(self, pipe: Client, sync_id: str) -> None:
         pipe.delete(self.key(sync_id))
+
+
+# The stored fields alone, in StoredHealth's order: what `dump` serializes with no `exclude`.
+_Form: type[BaseModel] = create_model(
+    "StoredForm",
+    __config__=ConfigDict(frozen=True),
+    **{
+        name: (f.annotation, f)
+        for name, f in StoredHealth.model_fields.items()
+        if name not in NOT_STORED
+    },  # type: ignore[call-overload]
+)
+_FORM_FIELDS = set(_Form.model_fields)
+
+
+def _dump(values: dict[str, Any]) -> str:
+    stored = trusted(StoredHealth, values)
+    return stored.model_dump_json(exclude=NOT_STORED, exclude_defaults=True)
