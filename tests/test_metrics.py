@@ -114,10 +114,16 @@ def test_every_contract_metric_per_sync_and_a_delete_leaves_no_series(
             topics.lifecycle,
             [encode(cloudevent("sync.deleted", "sync-b", {}, minute=7, sequence=40))],
         )
+        # one scrape reads the counts and the rows one after the other, not as a snapshot:
+        # wait until both show the delete
         gone = wait_for(
             lambda: (
                 (s := scrape(client))
                 and all(x.labels["sync_id"] != "sync-b" for x in s["syncmon_sync_info"])
+                and any(
+                    x.labels == {"provider": "hubspot", "health": "error"} and x.value == 0
+                    for x in s["syncmon_syncs"]
+                )
                 and s
             )
         )
