@@ -126,14 +126,18 @@ def lifecycle(sync_id: str, provider: str = "stripe", start: float = 0) -> list[
     return events
 
 
-def expected_fold(records: list[Any]) -> tuple[dict[str, Any], Counter[tuple[str, str]]]:
-    """The pure fold of records (RawMessage) in log order: the truth a live run must equal."""
+def expected_fold(
+    records: list[Any], in_log_order: bool = True
+) -> tuple[dict[str, Any], Counter[tuple[str, str]]]:
+    """The pure fold of records (RawMessage) in log order (or as given): the truth a live run
+    must equal."""
     from consumers.decode import DecodeError, decode, type_label
     from monitor.fold import Position, step
 
     views: dict[str, Any] = {}
     counts: Counter[tuple[str, str]] = Counter()
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset)) if in_log_order else records
+    for r in ordered:
         try:
             event = decode(r)
         except DecodeError as exc:

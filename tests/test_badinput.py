@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from consumers.decode import MAX_MESSAGE_BYTES, DecodeError, Headers, RawMessage, decode, type_label
+from consumers.decode import MAX_MESSAGE_BYTES, Headers, RawMessage, decode
 from consumers.processor import Processor
 from monitor.app import create_app
 from monitor.enums import EventType, HealthStatus
@@ -46,7 +46,7 @@ from monitor.store.health import HealthViews
 from monitor.store.providers import ProviderViews
 from monitor.store.syncs import FACTS_PART, STORED_SEED, SyncViews
 from monitor.views import ProviderView, SyncView
-from tests.eventlib import produce_records
+from tests.eventlib import expected_fold, produce_records
 from tests.support import fast_settings
 
 TOPIC = "sync.lifecycle.badinput"
@@ -452,19 +452,7 @@ def reference_fold(
     messages: list[RawMessage],
 ) -> tuple[dict[str, View | None], Counter[tuple[str, str]]]:
     """The pure fold of the records in the order the Processor was given them."""
-    views: dict[str, View | None] = {}
-    counts: Counter[tuple[str, str]] = Counter()
-    for m in messages:
-        try:
-            event = decode(m)
-        except DecodeError as exc:
-            counts[(exc.type_label, "invalid")] += 1
-            continue
-        key = ("provider:" if event.type.startswith("provider.") else "sync:") + event.subject
-        result = step(views.get(key), event, Position(m.partition, m.offset))
-        views[key] = result.view
-        counts[(type_label(event.type), result.outcome.value)] += 1
-    return views, counts
+    return expected_fold(messages, in_log_order=False)
 
 
 def stored_views(client: redis.Redis, prefix: str, keys: list[str]) -> dict[str, View | None]:
