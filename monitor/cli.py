@@ -1,4 +1,4 @@
-"""`syncmon run | dev | simulate`: the operator's entry points."""
+"""`syncmon run | dev | simulate | rebuild`: the operator's entry points."""
 
 from __future__ import annotations
 
