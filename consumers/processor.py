@@ -147,7 +147,7 @@ class Processor:
 
     def write(self, prepared: Prepared) -> BatchResult:
         """Folds and commits the batch; retried from fresh reads if another writer raced."""
-        watched = [self.fences.key(self.topic, p) for p in sorted(prepared.last_offsets)]
+        watched = self.fences.keys(self.topic, sorted(prepared.last_offsets))
         watched += [self.epoch.key, self.epoch.hold_key]
         with self.client.pipeline(transaction=True) as pipe:
             while True:
@@ -175,9 +175,8 @@ class Processor:
         prepared = self.prepare(messages)
         return prepared, self.write(prepared)
 
-    def _check_epoch(self, pipe: Pipeline) -> str:
+    def _check_epoch(self, raw_epoch: object, held: object) -> str:
         """Waits out a rebuild's switch-over; drops the cache if the dataset is not the same."""
-        raw_epoch, held = pipe.mget(self.epoch.key, self.epoch.hold_key)
         if held is not None:
             raise Held
         epoch = decode_epoch(raw_epoch)
@@ -205,9 +204,11 @@ class Processor:
     def _fold_and_queue(
         self, pipe: Pipeline, prepared: Prepared
     ) -> tuple[BatchResult, list[SyncView]]:
-        epoch = self._check_epoch(pipe)
         parts = sorted(prepared.last_offsets)
-        fences = self.fences.get_many(pipe, self.topic, parts)
+        keys = [*self.fences.keys(self.topic, parts), self.epoch.key, self.epoch.hold_key]
+        *raw_fences, raw_epoch, held = pipe.mget(keys)  # one round trip for all three
+        epoch = self._check_epoch(raw_epoch, held)
+        fences = self.fences.parse(parts, raw_fences)
         events = [(m, e) for m, e in prepared.events if m.offset > fences[m.partition]]
         old_syncs = self._load(pipe, _subjects(events, provider=False))
         provider_names = _subjects(events, provider=True)

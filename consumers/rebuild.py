@@ -200,7 +200,7 @@ class Rebuild:
         hold ran out first."""
         topic = self.settings.kafka_topic
         parts = [tp.partition for tp in tps]
-        keys = [self.fences.key(topic, p) for p in parts]
+        keys = self.fences.keys(topic, parts)
         for attempt in range(1, SWITCH_ATTEMPTS + 1):
             self.epoch.hold(self.live, HOLD_MS)
             try:

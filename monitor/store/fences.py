@@ -6,7 +6,8 @@ replay or a consumer that lost its partition can never overwrite newer state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from monitor.store.base import Client
 
@@ -27,8 +28,15 @@ class Fences:
         parts = sorted(set(partitions))
         if not parts:
             return {}
-        raws = client.mget([self.key(topic, p) for p in parts])
-        return {p: -1 if r is None else int(r) for p, r in zip(parts, raws, strict=True)}
+        return self.parse(parts, client.mget(self.keys(topic, parts)))
+
+    def keys(self, topic: str, partitions: Sequence[int]) -> list[str]:
+        return [self.key(topic, p) for p in partitions]
+
+    @staticmethod
+    def parse(partitions: Sequence[int], raws: Sequence[Any]) -> dict[int, int]:
+        """Offsets from an MGET of `keys(partitions)`; -1 where nothing was applied yet."""
+        return {p: -1 if r is None else int(r) for p, r in zip(partitions, raws, strict=True)}
 
     def put(self, pipe: Client, topic: str, partition: int, offset: int) -> None:
         pipe.set(self.key(topic, partition), offset)
