@@ -43,13 +43,12 @@ class DeadLetterPublisher:
         """
         too_large = [d for d, error in zip(dead, self._send(dead), strict=True) if error]
         if too_large:
-            self._send(too_large, omit_value=True, tolerate=False)
+            self._send(too_large, omit_value=True)
 
-    def _send(
-        self, dead: Sequence[DeadLetter], omit_value: bool = False, tolerate: bool = True
-    ) -> list[bool]:
+    def _send(self, dead: Sequence[DeadLetter], omit_value: bool = False) -> list[bool]:
         """Sends and waits; True where a record was refused as too large (by the producer's
-        own limit at once, or by the broker's after the send)."""
+        own limit at once, or by the broker's after the send). Without its value a record
+        is small: a refusal then is an error, raised."""
         futures: list[Any] = []
         for d in dead:
             headers = dead_letter_headers(d)
@@ -62,7 +61,7 @@ class DeadLetterPublisher:
                     self.producer.send(self.topic, key=d.message.key, value=value, headers=headers)
                 )
             except MessageSizeTooLargeError:
-                if not tolerate:
+                if omit_value:
                     raise
                 futures.append(None)
         self.producer.flush(timeout=self.timeout)
@@ -73,7 +72,7 @@ class DeadLetterPublisher:
                     future.get(timeout=self.timeout)
                 refused.append(future is None)
             except MessageSizeTooLargeError:
-                if not tolerate:
+                if omit_value:
                     raise
                 refused.append(True)
         return refused
