@@ -14,16 +14,11 @@ import redis
 
 from monitor.services import free_port
 from monitor.simulate import history
-from monitor.store.counters import EventCounters
 from tests.eventlib import expected_fold, produce_records, stored_state
-from tests.faultlib import start_monitor
+from tests.faultlib import counted, start_monitor
 from tests.support import as_env, fast_settings
 
 PREFIX = "crash"
-
-
-def counted(client: redis.Redis) -> int:
-    return sum(EventCounters(PREFIX).read(client).values())
 
 
 def test_kill_9_mid_stream_then_restart_gives_the_pure_fold(
@@ -44,9 +39,9 @@ def test_kill_9_mid_stream_then_restart_gives_the_pure_fold(
     for threshold in (total // 4, total // 2):
         proc = start_monitor(env, log)
         deadline = time.monotonic() + 60
-        while counted(client) < threshold and time.monotonic() < deadline:
+        while counted(client, PREFIX) < threshold and time.monotonic() < deadline:
             time.sleep(0.01)
-        now = counted(client)
+        now = counted(client, PREFIX)
         assert threshold <= now < total, f"{now} of {total} counted: not mid-stream"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -55,9 +50,9 @@ def test_kill_9_mid_stream_then_restart_gives_the_pure_fold(
     proc = start_monitor(env, log)
     try:
         deadline = time.monotonic() + 90
-        while counted(client) < total and time.monotonic() < deadline:
+        while counted(client, PREFIX) < total and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert counted(client) == total, log.read_text()[-3000:]
+        assert counted(client, PREFIX) == total, log.read_text()[-3000:]
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
     finally:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -21,7 +19,7 @@ from monitor.app import create_app
 from monitor.services import ensure_topics, free_port
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, produce_records, recent, sync_created
-from tests.faultlib import read_topic
+from tests.faultlib import read_topic, start_monitor
 from tests.support import as_env, fast_settings
 
 FAST = {
@@ -181,15 +179,6 @@ def test_provider_incident_turns_its_syncs_warn_and_back(
             wait_status(client, sync_id, "healthy", timeout=10)
 
 
-def start_run(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "run"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 def test_two_processes_in_one_group_publish_each_transition_once(
     topics: Any, redis_url: str, health_topic: str, tmp_path: Path
 ) -> None:
@@ -201,7 +190,7 @@ def test_two_processes_in_one_group_publish_each_transition_once(
         )
     )
     procs = [
-        start_run({**base, "SYNCMON_HTTP_PORT": str(port)}, tmp_path / f"run{i}.log")
+        start_monitor({**base, "SYNCMON_HTTP_PORT": str(port)}, tmp_path / f"run{i}.log")
         for i, port in enumerate(ports)
     ]
     try:

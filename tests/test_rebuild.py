@@ -24,13 +24,12 @@ from monitor.app import create_app
 from monitor.enums import HealthStatus
 from monitor.services import RedisServer
 from monitor.simulate import history
-from monitor.store.counters import EventCounters
 from monitor.store.epoch import Epoch
 from monitor.store.indexes import Indexes
 from monitor.store.switch import NOT_CAUGHT_UP, carried_patterns, swap_in
 from monitor.store.syncs import SyncViews
 from tests.eventlib import encode, expected_fold, lifecycle, produce_records, stored_state
-from tests.faultlib import record_figures
+from tests.faultlib import counted, record_figures, wait_counted
 from tests.support import as_env, fast_settings
 
 PREFIX = "rebuild"
@@ -117,14 +116,9 @@ def test_rebuild_after_redis_lost_everything_equals_the_pure_fold(
     )
     probe = redis.Redis.from_url(own_redis.url, socket_timeout=5)
 
-    def counted() -> int:
-        return sum(EventCounters(PREFIX).read(probe).values())
-
     def wait_for(count: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while counted() < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert counted() == count
+        wait_counted(probe, PREFIX, count, timeout)
+        assert counted(probe, PREFIX) == count
 
     with TestClient(create_app(settings)) as client:
         produced = produce_records(topics.bootstrap, topics.lifecycle, before)
