@@ -302,9 +302,9 @@ class HealthEngine:
         health_keys = self.healths.keys(ids)
         # the epoch too: a rebuild's SWAPDB between our read and EXEC must void the write
         pipe.watch(*health_keys, self.epoch_key)  # type: ignore[no-untyped-call]
-        raw = pipe.mget(self.syncs.keys(ids) + health_keys)
-        views = self.syncs.parse_fields(ids, raw[: 2 * len(ids)], VIEW_FIELDS)
-        raw_healths = raw[2 * len(ids) :]
+        raw = pipe.mget(self.syncs.facts_keys(ids) + health_keys)
+        views = self.syncs.parse_fields(ids, raw[: len(ids)], VIEW_FIELDS, pipe.mget)
+        raw_healths = raw[len(ids) :]
         healths = [self.healths.parse_last(r) for r in raw_healths]
         providers = self.providers.all(pipe)
         now = to_ms(self.clock())

@@ -89,13 +89,30 @@ def stored(views: Sequence[SyncView]) -> tuple[list[str], list[Any]]:
     return ids, [pipe.values.get(k) for k in syncs.keys(ids)]
 
 
+def parse_fields(
+    ids: list[str], raw: list[Any], fields: frozenset[str] = VIEW_FIELDS
+) -> list[SyncView | None]:
+    """`parse_fields` as a sweep calls it: facts only, seeds on request from `raw`."""
+    syncs = SyncViews(PREFIX)
+    by_key = dict(zip(syncs.keys(ids), raw, strict=True))
+    asked: list[list[str]] = []
+
+    def seeds(keys: list[str]) -> list[Any]:
+        asked.append(keys)
+        return [by_key[k] for k in keys]
+
+    views = syncs.parse_fields(ids, raw[1::2], fields, seeds)
+    assert not asked, "facts of this split never need their seed"
+    return views
+
+
 @pytest.mark.parametrize(("view", "incidents"), CASES)
 def test_a_view_of_the_engine_fields_judges_as_the_whole_view(
     view: SyncView, incidents: tuple[Incident, ...]
 ) -> None:
     ids, raw = stored([view])
     full = SyncViews.parse_many(SyncViews(PREFIX), ids, raw)[0]
-    part = SyncViews.parse_fields(ids, raw, VIEW_FIELDS)[0]
+    part = parse_fields(ids, raw)[0]
     assert full is not None and part is not None
     t = Thresholds()
     for now in (NOW, NOW + timedelta(hours=3)):
@@ -117,9 +134,11 @@ def test_a_view_of_the_engine_fields_judges_as_the_whole_view(
 
 def test_missing_views_and_unknown_fields() -> None:
     ids, raw = stored([ready()])
-    assert SyncViews.parse_fields(["gone", *ids], [None, None, *raw], VIEW_FIELDS)[0] is None
+    assert parse_fields(["gone", *ids], [None, None, *raw])[0] is None
     with pytest.raises(ValueError, match="not fields"):
-        SyncViews.parse_fields(ids, raw, frozenset({"no_such_field"}))
+        parse_fields(ids, raw, frozenset({"no_such_field"}))
+    with pytest.raises(ValueError, match="not facts"):
+        parse_fields(ids, raw, frozenset({"credential"}))
 
 
 @pytest.mark.parametrize(("view", "incidents"), CASES)

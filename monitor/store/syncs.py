@@ -1,12 +1,16 @@
 """Key families `{prefix}:sync:{id}` and `{prefix}:facts:{id}`: each sync's view, in two parts.
 
-The seed's fields change rarely (created, updated, disabled); the facts change with every
-event. Writing only what changed keeps the hot path's serialization small.
+The seed part holds what only the API shows (credential, metadata, rate limit): it changes
+rarely, so the hot path seldom rewrites it. The facts hold everything health reads, so a
+health sweep reads and inflates one small value per sync, not both.
+
+Facts packed with the `OLD_FACTS` tag come from the earlier split, when the seed part also
+held the sync's name, provider, status and times: for those the seed is read too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
@@ -14,24 +18,24 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, create_model
 
 from monitor.store.base import Client
-from monitor.store.codec import FACTS, SEED, pack, unpack
+from monitor.store.codec import FACTS, OLD_FACTS, SEED, pack, unpack
 from monitor.views import Applied, SyncView, trusted
 
 TEMPLATE = "{prefix}:sync:{id}"
 FACTS_TEMPLATE = "{prefix}:facts:{id}"
 TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
 
-# The part that changes rarely; everything else is a fact.
+# What health never reads and changes rarely; everything else is a fact.
 SEED_PART: set[str] = set(
     {
-        "id", "provider", "stream_id", "name", "status", "org_id", "collection_ids",
-        "rate_limit", "credential_id", "credential", "max_age_days", "sync_frequency",
-        "metadata", "created_at", "updated_at", "known", "disabled_reason",
-        "status_changed_at", "deleted_at",
+        "id", "stream_id", "rate_limit", "credential_id", "credential", "max_age_days",
+        "metadata", "updated_at",
     }
 )  # fmt: skip
 FACTS_PART: set[str] = set(SyncView.model_fields) - SEED_PART
 STORED_SEED = SEED_PART - {"id"}  # the key holds the id
+# Read more than once (the earlier split): the seed's fields before the facts were written.
+Seeds = Callable[[list[str]], Sequence[Any]]
 
 
 class SyncViews:
@@ -55,6 +59,10 @@ class SyncViews:
             out += (seed + i, facts + i)
         return out
 
+    def facts_keys(self, sync_ids: Iterable[str]) -> list[str]:
+        head = FACTS_TEMPLATE.format(prefix=self.prefix, id="")
+        return [head + i for i in sync_ids]
+
     @staticmethod
     def parse(sync_id: str, seed: bytes | None, facts: bytes | None) -> SyncView | None:
         """The view from its two stored parts (the id is the key's, not stored again)."""
@@ -62,6 +70,8 @@ class SyncViews:
             return None
         values: dict[str, Any] = pydantic_core.from_json(unpack(seed))
         if facts is not None:
+            if facts[:1] != OLD_FACTS:  # a seed of the earlier split may hold stale facts
+                values = {k: v for k, v in values.items() if k in STORED_SEED}
             values.update(pydantic_core.from_json(unpack(facts)))
         values["id"] = sync_id
         return SyncView.model_validate(values)
@@ -70,25 +80,39 @@ class SyncViews:
         """Views from `mget(keys(sync_ids))`."""
         return [self.parse(i, raw[2 * n], raw[2 * n + 1]) for n, i in enumerate(sync_ids)]
 
-    @staticmethod
     def parse_fields(
-        sync_ids: Sequence[str], raw: Sequence[Any], fields: frozenset[str]
+        self,
+        sync_ids: Sequence[str],
+        facts: Sequence[Any],
+        fields: frozenset[str],
+        seeds: Seeds,
     ) -> list[SyncView | None]:
-        """Views from `mget(keys(sync_ids))` holding only `fields` (of `applied`, only its
-        partition): a third of the cost when the rest is never read, as in a health sweep.
+        """Views from `mget(facts_keys(sync_ids))` holding only `fields`, all facts (of
+        `applied`, only its partition): a fraction of the cost when the rest is never read,
+        as in a health sweep. `seeds(ids)` reads the seed parts the earlier split needs.
 
         Reading any other field of such a view raises AttributeError.
         """
         model = _subset(fields)
         applied = "applied" in fields
         view_set, applied_set = set(fields | {"id"}), {"partition"}  # shared: frozen models
+        old = [
+            i for i, f in zip(sync_ids, facts, strict=True) if f is not None and f[:1] == OLD_FACTS
+        ]
+        old_seeds = dict(zip(old, seeds(self.seed_keys(old)), strict=True)) if old else {}
         views: list[SyncView | None] = []
-        for n, sync_id in enumerate(sync_ids):
-            seed, facts = raw[2 * n], raw[2 * n + 1]
-            if seed is None:
+        for sync_id, raw in zip(sync_ids, facts, strict=True):
+            if raw is None:
                 views.append(None)
                 continue
-            part = model.model_validate_json(_joined(unpack(seed), facts and unpack(facts)))
+            document = unpack(raw)
+            if sync_id in old_seeds:
+                seed = old_seeds[sync_id]
+                if seed is None:
+                    views.append(None)
+                    continue
+                document = _joined(unpack(seed), document)
+            part = model.model_validate_json(document)
             values = part.__dict__  # the part is thrown away: its values become the view's
             values["id"] = sync_id
             if applied:
@@ -96,6 +120,10 @@ class SyncViews:
                 values["applied"] = trusted(Applied, partition, applied_set)
             views.append(trusted(SyncView, values, view_set))
         return views
+
+    def seed_keys(self, sync_ids: Iterable[str]) -> list[str]:
+        head = TEMPLATE.format(prefix=self.prefix, id="")
+        return [head + i for i in sync_ids]
 
     def get(self, client: Client, sync_id: str) -> SyncView | None:
         return self.get_many(client, [sync_id])[0]
@@ -140,6 +168,8 @@ def _subset(fields: frozenset[str]) -> type[BaseModel]:
     unknown = fields - set(SyncView.model_fields)
     if unknown:
         raise ValueError(f"not fields of a sync view: {sorted(unknown)}")
+    if fields & STORED_SEED:
+        raise ValueError(f"not facts: {sorted(fields & STORED_SEED)}")
     definitions: dict[str, Any] = {
         f: (SyncView.model_fields[f].annotation, SyncView.model_fields[f])
         for f in sorted(fields - {"id", "applied"})
