@@ -5,8 +5,9 @@
 # exactly as bench/core.py feeds it (murmur2 partitions, consecutive log-order batches), and
 # evaluated once, as the scheduler would right after each batch. Then:
 #   sweep, all due: every live sync is made due (ZADD score 0 in its partition's due set)
-#     and HealthEngine.sweep(...) runs over all partitions, as a tick would, until nothing
-#     is due; cProfile of the same on a slice of the fleet goes to bench/out/.
+#     and HealthScheduler.tick() runs, with SYNCMON_HEALTH_WORKERS' default worker processes
+#     as in `syncmon run`, until nothing is due; then the same all in this process with
+#     HealthEngine.sweep(...); cProfile of the latter on a slice of the fleet goes to bench/out/.
 #   idle tick: nothing due (checked with ZCOUNT), HealthScheduler.tick() timed N times.
 # bench/metrics.py reuses `populate` and the RESULTS.md helpers from here.
 
@@ -45,11 +46,13 @@ from monitor.health import ThresholdBook, Thresholds
 from monitor.metrics import ProcessMetrics
 from monitor.scheduler import HealthScheduler
 from monitor.services import RedisServer
+from monitor.settings import Settings
 from monitor.store.base import text
 from monitor.store.due import DueIndex
 from monitor.store.health import HealthViews
 from monitor.store.indexes import Indexes
 from monitor.store.outbox import Outbox
+from monitor.workers import SweepWorkers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -60,8 +63,9 @@ SWEEP_TARGET, TICK_TARGET_MS = 20_000, 10.0  # syncs/s; ms
 DISTURBED = 0.25  # other processes' CPU (share of a core) above which a run is flagged
 TABLE_ROW = (
     "| health | `.venv/bin/python bench/health.py [--syncs 100000 --events 300000]` | "
-    "`HealthEngine.sweep` over all partitions with every one of 100,000 syncs due (syncs/s), "
-    "and one idle `HealthScheduler.tick` (sweep + fan-out, nothing due; median/p99), on a "
+    "every one of 100,000 syncs due, swept as `syncmon run` does (`HealthScheduler.tick` with "
+    "its default health workers) and all in process (`HealthEngine.sweep`) (syncs/s), and "
+    "one idle `HealthScheduler.tick` (sweep + fan-out, nothing due; median/p99), on a "
     "private redis-server; cProfile in `bench/out/health_profile.txt` |"
 )
 
@@ -240,6 +244,56 @@ def make_due(client: redis.Redis, ids_by_partition: dict[int, list[str]]) -> int
                 pipe.execute()
         n += len(ids)
     return n
+
+
+Pass = tuple[float, int, int, int, int, "Noise"]
+
+
+def sweep_passes(
+    client: redis.Redis, redis_pid: int, pop: Populated, repeat: int, run: Any, label: str
+) -> list[Pass]:
+    """`repeat` timed passes of `run()` until it finds nothing, each after making every
+    sync due again: (seconds, evaluated, sweeps, status changes, due before, noise)."""
+    passes: list[Pass] = []
+    parts = len(pop.ids_by_partition)
+    for _ in range(repeat):
+        make_due(client, pop.ids_by_partition)
+        due_before = due_now(client, parts)
+        gc.collect()
+        with Noise(redis_pid, *children()) as noise:
+            t0 = time.perf_counter()
+            evaluated = sweeps = 0
+            while done := run():
+                evaluated += done
+                sweeps += 1
+            seconds = time.perf_counter() - t0
+        changes = int(client.xlen(Outbox(PREFIX).key))
+        client.delete(Outbox(PREFIX).key)
+        passes.append((seconds, evaluated, sweeps, changes, due_before, noise))
+        print(
+            f"sweep, all due ({label}): {evaluated:,} syncs in {seconds:.2f}s = "
+            f"{evaluated / seconds:,.0f} syncs/s ({sweeps} sweeps, {changes:,} status "
+            f"changes, {due_before:,} due before)",
+            flush=True,
+        )
+    return passes
+
+
+def median_pass(passes: list[Pass]) -> Pass:
+    return sorted(passes, key=lambda x: x[1] / x[0])[len(passes) // 2]
+
+
+def children() -> list[int]:
+    """This process's children (the health workers): their CPU is the benchmark's own."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -466,6 +520,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--profile-syncs", type=int, default=10_000, help="cProfile slice size")
     p.add_argument("--ticks", type=int, default=200, help="idle ticks to time")
+    p.add_argument(
+        "--workers", type=int, default=Settings().health_workers,
+        help="health worker processes (SYNCMON_HEALTH_WORKERS; default: its default)",
+    )  # fmt: skip
     p.add_argument("--repeat", type=int, default=3, help="all-due sweeps (median reported)")
     p.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     args = p.parse_args(argv)
@@ -496,30 +554,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         with_deadline = due_total(client, parts)
 
         # -- sweep, all due (repeated: the figure varies by +-15% from run to run) ------
+        # As `syncmon run` does it: the scheduler's tick, with its worker processes.
         engine = HealthEngine(PREFIX, ThresholdBook(Thresholds()))
-        passes: list[tuple[float, int, int, int, int, Noise]] = []
-        for _ in range(args.repeat):
-            made_due = make_due(client, pop.ids_by_partition)
-            due_before = due_now(client, parts)
-            gc.collect()
-            with Noise(server.pid) as noise:
-                t0 = time.perf_counter()
-                evaluated, sweeps = sweep_until_empty(engine, client, parts, args.limit)
-                seconds = time.perf_counter() - t0
-            changes = int(client.xlen(Outbox(PREFIX).key))
-            client.delete(Outbox(PREFIX).key)
-            passes.append((seconds, evaluated, sweeps, changes, due_before, noise))
-            print(
-                f"sweep, all due: {evaluated:,} syncs in {seconds:.2f}s = "
-                f"{evaluated / seconds:,.0f} syncs/s ({sweeps} sweeps, {changes:,} status "
-                f"changes, {due_before:,} due before)",
-                flush=True,
-            )
+        settings = Settings(redis_url=server.url, redis_prefix=PREFIX)
+        workers = SweepWorkers(settings, args.workers) if args.workers > 0 else None
+        runner = HealthScheduler(
+            engine, client, lambda: frozenset(range(parts)), 1.0, workers=workers
+        )
+        if workers is not None:
+            workers.start()
+            workers.wait_started()
+        try:
+            passes = sweep_passes(client, server.pid, pop, args.repeat, runner.tick, "scheduler")
+            inline = sweep_passes(
+                client, server.pid, pop, args.repeat,
+                lambda: engine.sweep(client, range(parts), args.limit), "in process",
+            )  # fmt: skip
+        finally:
+            if workers is not None:
+                workers.stop()
         rates = [e / sec for sec, e, *_ in passes]
-        sweep_seconds, evaluated, sweeps, changes, due_before, sweep_noise = sorted(
-            passes, key=lambda x: x[1] / x[0]
-        )[len(passes) // 2]  # the median pass
+        sweep_seconds, evaluated, sweeps, changes, due_before, sweep_noise = median_pass(passes)
         sweep_rate = evaluated / sweep_seconds
+        inline_rates = [e / sec for sec, e, *_ in inline]
+        inline_seconds, inline_evaluated, *_ = median_pass(inline)
+        made_due = pop.syncs
         left = due_now(client, parts)
         mix_after = health_mix(client, pop.ids_by_partition)
 
@@ -567,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.stop()
 
     changed = sources_changed(code)
-    noises = [(f"sweep {i + 1}", p[5]) for i, p in enumerate(passes)] + [("ticks", tick_noise)]
+    noises = [(f"sweep {i + 1}", p[5]) for i, p in enumerate(passes + inline)]
+    noises.append(("ticks", tick_noise))
     disturbed = [f"{what} ({n.other / n.wall:.0%} of a core)" for what, n in noises if n.disturbed]
     warning = (
         f"\n**Disturbed run:** other processes used CPU during {' and '.join(disturbed)}; "
@@ -600,14 +660,19 @@ outbox event; outbox dropped after). {pop.syncs:,} live syncs ({mix(statuses)});
 
 | metric | value | target |
 |---|---|---|
-| sweep, all due: `HealthEngine.sweep(client, range({parts}), limit={args.limit:,})` \
-repeated until it finds nothing; {args.repeat} passes, each after making every sync due \
-again | {sweep_rate:,.0f} syncs/s, the median pass (all passes: \
+| sweep, all due, as `syncmon run` does it: `HealthScheduler.tick()` (sweep of the owned \
+partitions, {args.workers} worker processes as `SYNCMON_HEALTH_WORKERS` by default) repeated \
+until it finds nothing; {args.repeat} passes, each after making every sync due again \
+| {sweep_rate:,.0f} syncs/s, the median pass (all passes: \
 {" / ".join(f"{r:,.0f}" for r in rates)}); median pass: {evaluated:,} evaluations in \
 {sweep_seconds:.2f} s, {sweeps} sweeps; {made_due:,} made due = {due_before:,} ZCOUNT due; \
 {evaluated - made_due:+,} evaluations vs. syncs made due: re-evaluated when a next deadline \
 fell due between sweeps) \
 | >= {SWEEP_TARGET:,} syncs/s ({ok[sweep_rate >= SWEEP_TARGET]}) |
+| same, all in this process (`SYNCMON_HEALTH_WORKERS=0`): \
+`HealthEngine.sweep(client, range({parts}), limit={args.limit:,})` until it finds nothing \
+| {inline_evaluated / inline_seconds:,.0f} syncs/s, the median pass (all passes: \
+{" / ".join(f"{r:,.0f}" for r in inline_rates)}) | |
 | idle tick: `HealthScheduler.tick()` = `sweep(owned)` + `fan_out`, nothing due, \
 {args.ticks} ticks back to back | median {tick_median:.3f} ms, p99 {tick_p99:.3f} ms, max \
 {max(tick_ms):.3f} ms | < {TICK_TARGET_MS:g} ms ({ok[tick_p99 < TICK_TARGET_MS]}) |

@@ -31,19 +31,10 @@ from monitor.api import (
 from monitor.engine import HealthEngine
 from monitor.metrics import ProcessMetrics, Selection, SyncmonCollector
 from monitor.scheduler import HealthScheduler
-from monitor.settings import ENV_PREFIX, Settings, redis_location
+from monitor.settings import ENV_PREFIX, Settings, redis_client, redis_location
+from monitor.workers import SweepWorkers
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """Short timeouts so an unreachable Redis is noticed and retried, not waited on forever."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=15,
-    )
 
 
 class RedisCredentialsError(RuntimeError):
@@ -114,8 +105,14 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
             consumer = SyncConsumer(
                 settings, client, on_batch=lambda r: wake(r, scheduler), metrics=process
             )
+            workers = SweepWorkers(settings, settings.health_workers)
             scheduler = HealthScheduler(
-                engine, client, consumer.owned_partitions, settings.health_tick_seconds, process
+                engine,
+                client,
+                consumer.owned_partitions,
+                settings.health_tick_seconds,
+                process,
+                workers if settings.health_workers > 0 else None,
             )
             publisher = HealthPublisher(settings, redis_client(settings))
         app.state.collector = SyncmonCollector(

@@ -102,7 +102,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from consumers.rebuild import Rebuild, RebuildError
-    from monitor.app import redis_client
+    from monitor.settings import redis_client
 
     settings = load_settings()
     configure_logging(settings.log_level)

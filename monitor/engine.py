@@ -45,6 +45,8 @@ EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
 CHUNK = 250  # WATCH costs Redis O(keys watched) per key: larger chunks cost more per sync
 FANOUT_TEMPLATE = "{prefix}:fanout"
+# (sync ids, the due partition each was found in) -> syncs evaluated: `evaluate_ids` elsewhere
+Evaluate = Callable[[list[str], dict[str, int]], int]
 _VALUES = {s: s.value for s in HealthStatus}  # `.value` is a slow descriptor on a hot path
 _ROW_FIELDS = set(SyncRow.model_fields)  # every one given: shared by the rows (frozen)
 # What the engine reads of a view: the rules' fields, the metrics row's and its own.
@@ -266,29 +268,45 @@ class HealthEngine:
             done += self._evaluate_chunk(client, ids[i : i + CHUNK], found_in or {})
         return done
 
-    def sweep(self, client: Redis, partitions: Iterable[int], limit: int = 10_000) -> int:
-        """Evaluates the syncs whose deadline has passed in the given partitions."""
+    def overdue(
+        self, client: Redis, partitions: Iterable[int], limit: int = 10_000
+    ) -> dict[str, int]:
+        """The syncs whose deadline has passed in these partitions, each with its partition."""
         now = self.clock()
         parts = sorted(partitions)
         if not parts:
-            return 0
+            return {}
         pipe = client.pipeline(transaction=False)
         for p in parts:
             pipe.zrangebyscore(self.due.key(p), "-inf", now.timestamp(), 0, limit)
-        found_in = {
-            text(m): p for p, batch in zip(parts, pipe.execute(), strict=True) for m in batch
-        }
-        return self.evaluate_ids(client, list(found_in), found_in) if found_in else 0
+        return {text(m): p for p, batch in zip(parts, pipe.execute(), strict=True) for m in batch}
 
-    def fan_out(self, client: Redis) -> int:
+    def sweep(
+        self,
+        client: Redis,
+        partitions: Iterable[int],
+        limit: int = 10_000,
+        evaluate: Evaluate | None = None,
+    ) -> int:
+        """Evaluates the syncs whose deadline has passed in the given partitions, here or
+        through `evaluate` (worker processes)."""
+        found_in = self.overdue(client, partitions, limit)
+        if not found_in:
+            return 0
+        return (evaluate or self._here(client))(list(found_in), found_in)
+
+    def fan_out(self, client: Redis, evaluate: Evaluate | None = None) -> int:
         """Drains the provider fan-out requests; a request is removed only once served."""
         done = 0
+        run = evaluate or self._here(client)
         for raw in client.smembers(self.fanout_key):
             name = text(raw)
-            ids = self.indexes.members(client, "provider", name)
-            done += self.evaluate_ids(client, ids)
+            done += run(self.indexes.members(client, "provider", name), {})
             client.srem(self.fanout_key, name)
         return done
+
+    def _here(self, client: Redis) -> Evaluate:
+        return lambda ids, found_in: self.evaluate_ids(client, ids, found_in)
 
     def _evaluate_chunk(self, client: Redis, ids: list[str], found_in: dict[str, int]) -> int:
         with client.pipeline(transaction=True) as pipe:

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from monitor.engine import HealthEngine
 from monitor.metrics import ProcessMetrics
+from monitor.workers import PARALLEL_FROM, SweepWorkers
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ class HealthScheduler:
         owned: Callable[[], frozenset[int]],
         interval: float,
         metrics: ProcessMetrics | None = None,
+        workers: SweepWorkers | None = None,
     ) -> None:
         self.metrics = metrics
+        self.workers = workers
         self.engine = engine
         self.redis = redis
         self.owned = owned
@@ -44,6 +47,8 @@ class HealthScheduler:
         self._running = threading.Lock()
 
     def start(self) -> None:
+        if self.workers is not None:
+            self.workers.start()
         self._scheduler.add_job(
             self.tick,
             "interval",
@@ -59,6 +64,8 @@ class HealthScheduler:
     def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        if self.workers is not None:
+            self.workers.stop()
 
     def wake(self) -> None:
         """Run a tick now (a batch touched syncs, or a provider incident changed).
@@ -85,7 +92,8 @@ class HealthScheduler:
         """Evaluates what is due in owned partitions, then any requested provider fan-out."""
         started = time.perf_counter()
         try:
-            done = self.engine.sweep(self.redis, self.owned()) + self.engine.fan_out(self.redis)
+            done = self.engine.sweep(self.redis, self.owned(), evaluate=self._evaluate)
+            done += self.engine.fan_out(self.redis, evaluate=self._evaluate)
         except RedisError as exc:
             log.warning("health tick skipped: redis unavailable (%s)", exc)
             return None
@@ -96,3 +104,11 @@ class HealthScheduler:
             self.metrics.tick_duration.observe(self.last_tick_seconds)
             self.metrics.evaluations.inc(done)
         return done
+
+    def _evaluate(self, ids: list[str], found_in: dict[str, int]) -> int:
+        """Many syncs go to the worker processes, if any; a few, or a broken pool, stay here."""
+        if self.workers is not None and len(ids) >= PARALLEL_FROM:
+            done = self.workers.evaluate(ids, found_in)
+            if done is not None:
+                return done
+        return self.engine.evaluate_ids(self.redis, ids, found_in)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import redis
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     health_hysteresis_seconds: Annotated[float, Field(ge=0)] = 0
     health_provider_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
     health_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Processes that evaluate large sweeps (500+ syncs due) beside this one; 0: all in process.
+    health_workers: Annotated[int, Field(ge=0, le=64)] = 2
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     view_cache_size: Annotated[int, Field(ge=0)] = 50_000
@@ -170,6 +173,16 @@ class Settings(BaseSettings):
                 if value is not None:
                     options[f"ssl_{name}"] = value
         return options
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """Short timeouts so an unreachable Redis is noticed and retried, not waited on forever."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=15,
+    )
 
 
 def redis_location(url: str) -> str:

@@ -31,7 +31,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from consumers.decode import MAX_MESSAGE_BYTES, RawMessage
 from consumers.processor import Processor
-from monitor.app import RedisCredentialsError, create_app, redis_client
+from monitor.app import RedisCredentialsError, create_app
+from monitor.settings import redis_client
 from monitor.patching import MASK
 from monitor.services import RedisServer, free_port
 from monitor.settings import Settings, SettingsError, load_settings
