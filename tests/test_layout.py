@@ -59,7 +59,7 @@ def test_this_split_keeps_what_health_reads_out_of_the_seed() -> None:
         assert word not in seed and word in unpack(facts).decode()
 
 
-def test_a_sweep_reads_the_seed_of_old_views_only() -> None:
+def test_a_sweep_reads_both_parts_again_for_old_views_only() -> None:
     old_view = ready(**STALE_ERROR, org_id="org-1", name="Old", sync_frequency="4h")
     new_view = ready(id="sync-2", **DISABLED, disabled_reason="paused by support")
     syncs = SyncViews("layout")
@@ -67,19 +67,59 @@ def test_a_sweep_reads_the_seed_of_old_views_only() -> None:
     new_facts = pack(FACTS, new_view.model_dump_json(include=FACTS_PART, exclude_defaults=True))
     asked: list[list[str]] = []
 
-    def seeds(keys: list[str]) -> list[Any]:
+    def mget(keys: list[str]) -> list[Any]:
         asked.append(keys)
-        return [old_seed for _ in keys]
+        return [old_seed, old_facts]
 
-    parts = syncs.parse_fields(["sync-1", "sync-2"], [old_facts, new_facts], VIEW_FIELDS, seeds)
-    assert asked == [[syncs.key("sync-1")]]
+    parts = syncs.parse_fields(["sync-1", "sync-2"], [old_facts, new_facts], VIEW_FIELDS, mget)
+    assert asked == [syncs.keys(["sync-1"])]
     for part, full in zip(parts, (old_view, new_view), strict=True):
         assert part is not None
         for now in (NOW, NOW + timedelta(hours=5)):
             assert evaluate(part, now, Thresholds()) == evaluate(full, now, Thresholds())
     # An old view whose seed is gone (a tombstone's part expired first) is no view.
-    gone = syncs.parse_fields(["sync-1"], [old_facts], VIEW_FIELDS, lambda keys: [None])
+    gone = syncs.parse_fields(["sync-1"], [old_facts], VIEW_FIELDS, lambda keys: [None, None])
     assert gone == [None]
+    # A view stored as one key (before facts existed) is read from its seed alone.
+    single = pack(SEED, old_view.model_dump_json(exclude={"id"}, exclude_defaults=True))
+    alone = syncs.parse_fields(["sync-1"], [None], VIEW_FIELDS, lambda keys: [single, None])
+    assert alone[0] is not None
+    assert evaluate(alone[0], NOW, Thresholds()) == evaluate(old_view, NOW, Thresholds())
+
+
+def test_a_batch_between_the_two_reads_is_not_mixed_in(redis_url: str) -> None:
+    """Real Redis: an old view read by a sweep, then rewritten in this split by a batch
+    before the sweep reads again. The sweep must judge one consistent view, never the old
+    facts joined with the new seed (that sync has no status, name or provider)."""
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"layout-{uuid.uuid4().hex[:6]}"
+    sync_id = "sync-race"
+    recent(30)
+    view = ready(id=sync_id, **DISABLED, disabled_reason="paused", name="Acme", org_id="org-1")
+    seed, facts = old_stored(view)
+    syncs = SyncViews(prefix)
+    client.mset({syncs.key(sync_id): seed, syncs.facts_key(sync_id): facts})
+    update = cloudevent("sync.updated", sync_id, {"metadata": {"team": "x"}}, minute=29)
+    key, value, headers = encode(update)
+    raced: list[int] = []
+
+    def mget_after_a_batch(keys: list[str]) -> list[Any]:
+        if not raced:
+            batch = [RawMessage(TOPIC, 0, 0, key, value, headers)]
+            raced.append(len(Processor(client, prefix, TOPIC).process(batch)[0].events))
+        return list(client.mget(keys))
+
+    first = client.mget(syncs.facts_keys([sync_id]))
+    part = syncs.parse_fields([sync_id], first, VIEW_FIELDS, mget_after_a_batch)[0]
+    assert raced == [1]
+    assert client.get(syncs.facts_key(sync_id))[:1] == FACTS  # type: ignore[index]
+    assert part is not None
+    assert (part.status, part.name, part.org_id, part.provider) == (
+        SyncStatus.DISABLED, "Acme", "org-1", "acme",
+    )  # fmt: skip
+    stored = syncs.get(client, sync_id)
+    assert stored is not None and stored.metadata == {"team": "x"}
+    assert evaluate(part, NOW, Thresholds()).status is HealthStatus.PAUSED
 
 
 def test_full_parse_ignores_facts_left_in_an_old_seed() -> None:

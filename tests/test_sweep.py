@@ -92,17 +92,18 @@ def stored(views: Sequence[SyncView]) -> tuple[list[str], list[Any]]:
 def parse_fields(
     ids: list[str], raw: list[Any], fields: frozenset[str] = VIEW_FIELDS
 ) -> list[SyncView | None]:
-    """`parse_fields` as a sweep calls it: facts only, seeds on request from `raw`."""
+    """`parse_fields` as a sweep calls it: facts first, both parts again on request."""
     syncs = SyncViews(PREFIX)
     by_key = dict(zip(syncs.keys(ids), raw, strict=True))
-    asked: list[list[str]] = []
+    asked: list[str] = []
 
-    def seeds(keys: list[str]) -> list[Any]:
-        asked.append(keys)
+    def mget(keys: list[str]) -> list[Any]:
+        asked.extend(keys)
         return [by_key[k] for k in keys]
 
-    views = syncs.parse_fields(ids, raw[1::2], fields, seeds)
-    assert not asked, "facts of this split never need their seed"
+    views = syncs.parse_fields(ids, raw[1::2], fields, mget)
+    missing = [i for i, facts in zip(ids, raw[1::2], strict=True) if facts is None]
+    assert asked == syncs.keys(missing), "facts of this split are read again only if missing"
     return views
 
 

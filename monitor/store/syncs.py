@@ -34,8 +34,7 @@ SEED_PART: set[str] = set(
 )  # fmt: skip
 FACTS_PART: set[str] = set(SyncView.model_fields) - SEED_PART
 STORED_SEED = SEED_PART - {"id"}  # the key holds the id
-# Read more than once (the earlier split): the seed's fields before the facts were written.
-Seeds = Callable[[list[str]], Sequence[Any]]
+Reader = Callable[[list[str]], Sequence[Any]]  # MGET: the values of these keys, in order
 
 
 class SyncViews:
@@ -85,33 +84,41 @@ class SyncViews:
         sync_ids: Sequence[str],
         facts: Sequence[Any],
         fields: frozenset[str],
-        seeds: Seeds,
+        mget: Reader,
     ) -> list[SyncView | None]:
         """Views from `mget(facts_keys(sync_ids))` holding only `fields`, all facts (of
         `applied`, only its partition): a fraction of the cost when the rest is never read,
-        as in a health sweep. `seeds(ids)` reads the seed parts the earlier split needs.
+        as in a health sweep.
 
-        Reading any other field of such a view raises AttributeError.
+        A sync whose facts are missing or of the earlier split is read again, both parts in
+        one `mget` (atomic: a batch rewriting it in between cannot pair old facts with a new
+        seed), and parsed from that read. Reading any other field of a view raises
+        AttributeError.
         """
         model = _subset(fields)
         applied = "applied" in fields
         view_set, applied_set = set(fields | {"id"}), {"partition"}  # shared: frozen models
-        old = [
-            i for i, f in zip(sync_ids, facts, strict=True) if f is not None and f[:1] == OLD_FACTS
-        ]
-        old_seeds = dict(zip(old, seeds(self.seed_keys(old)), strict=True)) if old else {}
+        again = [i for i, f in zip(sync_ids, facts, strict=True) if f is None or f[:1] == OLD_FACTS]
+        reread: dict[str, tuple[Any, Any]] = {}
+        if again:
+            both = mget(self.keys(again))
+            reread = {i: (both[2 * n], both[2 * n + 1]) for n, i in enumerate(again)}
         views: list[SyncView | None] = []
         for sync_id, raw in zip(sync_ids, facts, strict=True):
-            if raw is None:
-                views.append(None)
-                continue
-            document = unpack(raw)
-            if sync_id in old_seeds:
-                seed = old_seeds[sync_id]
+            if sync_id in reread:
+                seed, raw = reread[sync_id]
                 if seed is None:
                     views.append(None)
                     continue
-                document = _joined(unpack(seed), document)
+                if raw is None or raw[:1] == OLD_FACTS:  # the seed holds some facts too
+                    document = _joined(unpack(seed), raw and unpack(raw))
+                else:
+                    document = unpack(raw)
+            elif raw is None:
+                views.append(None)
+                continue
+            else:
+                document = unpack(raw)
             part = model.model_validate_json(document)
             values = part.__dict__  # the part is thrown away: its values become the view's
             values["id"] = sync_id
@@ -120,10 +127,6 @@ class SyncViews:
                 values["applied"] = trusted(Applied, partition, applied_set)
             views.append(trusted(SyncView, values, view_set))
         return views
-
-    def seed_keys(self, sync_ids: Iterable[str]) -> list[str]:
-        head = TEMPLATE.format(prefix=self.prefix, id="")
-        return [head + i for i in sync_ids]
 
     def get(self, client: Client, sync_id: str) -> SyncView | None:
         return self.get_many(client, [sync_id])[0]
