@@ -76,14 +76,16 @@ class SweepWorkers:
                 found = {s: found_in[s] for s in part if s in found_in}
                 futures.append(pool.submit(_evaluate, part, found))
             self.tasks += len(futures)
-            return sum(f.result() for f in futures)
+            return sum(f.result() for f in futures)  # a worker's own error is raised here
         except BrokenProcessPool:
             log.warning("a health worker died; restarting the pool, this sweep runs in process")
             self.fallbacks += 1
             self._replace(pool)
             return None
-        except RuntimeError:  # submit after shutdown: stopping
-            return None
+        except RuntimeError:
+            if self._pool is pool:
+                raise  # from a worker's evaluation: the caller's error, not the pool's
+            return None  # submitted after `stop()`: shutting down
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
