@@ -45,7 +45,7 @@ from monitor.enums import HealthStatus, SyncStatus
 from monitor.health import ThresholdBook, Thresholds
 from monitor.metrics import ProcessMetrics
 from monitor.scheduler import HealthScheduler
-from monitor.services import RedisServer
+from monitor.services import RedisServer, child_pids
 from monitor.settings import Settings
 from monitor.store.base import text
 from monitor.store.due import DueIndex
@@ -260,7 +260,7 @@ def sweep_passes(
         make_due(client, pop.ids_by_partition)
         due_before = due_now(client, parts)
         gc.collect()
-        with Noise(redis_pid, *children()) as noise:
+        with Noise(redis_pid, *child_pids(os.getpid())) as noise:  # + the workers
             t0 = time.perf_counter()
             evaluated = sweeps = 0
             while done := run():
@@ -281,19 +281,6 @@ def sweep_passes(
 
 def median_pass(passes: list[Pass]) -> Pass:
     return sorted(passes, key=lambda x: x[1] / x[0])[len(passes) // 2]
-
-
-def children() -> list[int]:
-    """This process's children (the health workers): their CPU is the benchmark's own."""
-    me, found = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == me:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def percentile(values: Sequence[float], q: float) -> float:

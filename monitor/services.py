@@ -41,6 +41,19 @@ def free_port() -> int:
         return port
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (e.g. `syncmon run`'s health workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 def _port_open(port: int, timeout: float = 0.2) -> bool:
     """Cheap TCP probe, so readiness loops don't pay client timeouts while nothing listens."""
     try:

@@ -30,6 +30,16 @@ def start_monitor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def ready(port: int) -> bool:
+    """`/readyz` of a syncmon on this port answers 200."""
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def counted(client: redis.Redis, prefix: str) -> int:
     """Events counted in Redis (every outcome): moves only when a batch is committed there."""
     return sum(EventCounters(prefix).read(client).values())

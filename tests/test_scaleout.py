@@ -39,6 +39,7 @@ from tests.faultlib import (
     counted,
     log_tail,
     read_topic,
+    ready,
     record_figures,
     start_monitor,
     stored_fences,
@@ -49,13 +50,6 @@ from tests.support import Topics, as_env, fast_settings
 
 PREFIX = "scale"
 PARTITIONS = 6
-
-
-def ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def batches(port: int) -> float:

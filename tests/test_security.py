@@ -32,10 +32,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from consumers.decode import MAX_MESSAGE_BYTES, RawMessage
 from consumers.processor import Processor
 from monitor.app import RedisCredentialsError, create_app
-from monitor.settings import redis_client
 from monitor.patching import MASK
 from monitor.services import RedisServer, free_port
-from monitor.settings import Settings, SettingsError, load_settings
+from monitor.settings import Settings, SettingsError, load_settings, redis_client
 from monitor.store.codec import unpack
 from tests.eventlib import cloudevent, encode, encode_binary, produce_records, recent
 from tests.support import as_env, fast_settings, wait_for

@@ -19,7 +19,7 @@ from consumers.processor import Processor
 from monitor.engine import HealthEngine
 from monitor.health import ThresholdBook, Thresholds, evaluate
 from monitor.scheduler import HealthScheduler
-from monitor.services import ensure_topics, free_port
+from monitor.services import child_pids, ensure_topics, free_port
 from monitor.settings import Settings
 from monitor.store.base import text
 from monitor.store.health import HealthViews
@@ -27,7 +27,7 @@ from monitor.store.outbox import Outbox
 from monitor.store.syncs import SyncViews
 from monitor.workers import PARALLEL_FROM, SweepWorkers
 from tests.eventlib import cloudevent, encode, produce_records, recent, sync_created
-from tests.faultlib import log_tail, read_topic, start_monitor
+from tests.faultlib import log_tail, read_topic, ready, start_monitor
 from tests.support import Topics, as_env, fast_settings, wait_for
 
 TOPIC = "sync.lifecycle"
@@ -40,25 +40,6 @@ def created_records(n: int, tag: str) -> list[tuple[bytes, bytes, list[tuple[str
         encode(cloudevent("sync.created", f"{tag}-{i:04d}", sync_created(f"{tag}-{i:04d}")))
         for i in range(n)
     ]
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def alive(pid: int) -> bool:
@@ -143,7 +124,7 @@ def test_syncmon_run_evaluates_in_its_workers_and_leaves_none_behind(
     log = tmp_path / "syncmon.log"
     proc = start_monitor(as_env(settings), log)
     try:
-        workers = wait_for(lambda: len(children(proc.pid)) >= 2 and children(proc.pid), 30)
+        workers = wait_for(lambda: len(child_pids(proc.pid)) >= 2 and child_pids(proc.pid), 30)
         wait_for(lambda: ready(port), 30, what="ready")
         produce_records(topics.bootstrap, topics.lifecycle, created_records(SYNCS, prefix))
         client = redis.Redis.from_url(redis_url)
@@ -184,7 +165,7 @@ def test_no_workers_when_set_to_zero(topics: Topics, redis_url: str, tmp_path: P
     proc = start_monitor(as_env(settings), log)
     try:
         wait_for(lambda: ready(settings.http_port), 30, what="ready")
-        assert children(proc.pid) == []
+        assert child_pids(proc.pid) == []
     except AssertionError:
         print(log_tail(log))
         raise
