@@ -82,6 +82,11 @@ class ProcessMetrics:
         self.evaluations = Counter(
             "syncmon_health_evaluations", "Syncs evaluated by this process.", registry=r
         )
+        self.worker_restarts = Counter(
+            "syncmon_health_worker_restarts",
+            "Health worker pools replaced after a worker died (that sweep ran in process).",
+            registry=r,
+        )
         self.lag = Gauge(
             "syncmon_consumer_lag", "Messages behind the end of each owned partition.",
             ["partition"], registry=r,

@@ -18,6 +18,7 @@ from consumers.decode import RawMessage
 from consumers.processor import Processor
 from monitor.engine import HealthEngine
 from monitor.health import ThresholdBook, Thresholds, evaluate
+from monitor.metrics import ProcessMetrics
 from monitor.scheduler import HealthScheduler
 from monitor.services import child_pids, ensure_topics, free_port
 from monitor.settings import Settings
@@ -91,18 +92,23 @@ def test_a_large_sweep_runs_in_the_workers_with_the_results_of_one_process(
 def test_a_killed_worker_costs_one_sweep_in_process(
     redis_url: str, loaded: tuple[redis.Redis, str, list[str]]
 ) -> None:
-    _, prefix, ids = loaded
+    client, prefix, ids = loaded
     workers = SweepWorkers(Settings(redis_url=redis_url, redis_prefix=prefix), 2)
+    metrics = ProcessMetrics()
+    engine = HealthEngine(prefix, ThresholdBook(Thresholds()))
+    scheduler = HealthScheduler(engine, client, lambda: frozenset(range(3)), 1.0, metrics, workers)
     workers.start()
     try:
         pids = wait_for(lambda: len(workers.pids()) == 2 and workers.pids(), what="2 workers")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not any(alive(p) for p in pids), what="workers killed")
-        found_in = {i: 0 for i in ids}
-        assert workers.evaluate(ids, found_in) is None  # broken: the caller evaluates
+        assert scheduler.tick() == SYNCS  # the broken pool's sweep, run here instead
         assert workers.fallbacks == 1
-        assert workers.evaluate(ids, found_in) == SYNCS  # a new pool took over
+        assert metrics.registry.get_sample_value("syncmon_health_worker_restarts_total") == 1
+        assert HealthViews(prefix).get_many(client, ids).count(None) == 0
+        assert workers.evaluate(ids, dict.fromkeys(ids, 0)) == SYNCS  # a new pool took over
+        assert set(workers.pids()).isdisjoint(pids)
     finally:
         workers.stop()
     assert not any(alive(p) for p in pids)
