@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import StringIO
@@ -121,13 +121,11 @@ def live_ids(client: redis.Redis, partitions: int) -> dict[int, list[str]]:
     return by_part
 
 
-def sweep_until_empty(
-    engine: HealthEngine, client: redis.Redis, partitions: int, limit: int
-) -> tuple[int, int]:
-    """`sweep` over every partition, as a tick does, until a sweep finds nothing.
+def until_empty(run: Callable[[], int]) -> tuple[int, int]:
+    """`run()` (a sweep over every partition, as a tick does) until it finds nothing.
     Returns (syncs evaluated, sweeps that found something)."""
     evaluated = sweeps = 0
-    while done := engine.sweep(client, range(partitions), limit=limit):
+    while done := run():
         evaluated += done
         sweeps += 1
     return evaluated, sweeps
@@ -172,7 +170,7 @@ def populate(
     engine = HealthEngine(PREFIX, ThresholdBook(Thresholds()))
     outbox = Outbox(PREFIX)
     t0 = time.perf_counter()
-    first, _ = sweep_until_empty(engine, client, partitions, limit)
+    first, _ = until_empty(lambda: engine.sweep(client, range(partitions), limit=limit))
     first_seconds = time.perf_counter() - t0
     changes = int(client.xlen(outbox.key))
     client.delete(outbox.key)
@@ -250,7 +248,12 @@ Pass = tuple[float, int, int, int, int, "Noise"]
 
 
 def sweep_passes(
-    client: redis.Redis, redis_pid: int, pop: Populated, repeat: int, run: Any, label: str
+    client: redis.Redis,
+    redis_pid: int,
+    pop: Populated,
+    repeat: int,
+    run: Callable[[], int],
+    label: str,
 ) -> list[Pass]:
     """`repeat` timed passes of `run()` until it finds nothing, each after making every
     sync due again: (seconds, evaluated, sweeps, status changes, due before, noise)."""
@@ -262,10 +265,7 @@ def sweep_passes(
         gc.collect()
         with Noise(redis_pid, *child_pids(os.getpid())) as noise:  # + the workers
             t0 = time.perf_counter()
-            evaluated = sweeps = 0
-            while done := run():
-                evaluated += done
-                sweeps += 1
+            evaluated, sweeps = until_empty(run)
             seconds = time.perf_counter() - t0
         changes = int(client.xlen(Outbox(PREFIX).key))
         client.delete(Outbox(PREFIX).key)
@@ -443,10 +443,11 @@ def profile_sweep(
     sliced = {p: ids[::every] for p, ids in ids_by_partition.items()}
     make_due(client, sliced)
     engine = HealthEngine(PREFIX, ThresholdBook(Thresholds()))
+    parts = range(len(ids_by_partition))
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
     profiler.enable()
-    evaluated, _ = sweep_until_empty(engine, client, len(ids_by_partition), limit)
+    evaluated, _ = until_empty(lambda: engine.sweep(client, parts, limit=limit))
     profiler.disable()
     return pstats.Stats(profiler), evaluated, time.perf_counter() - t0
 

@@ -105,14 +105,15 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
             consumer = SyncConsumer(
                 settings, client, on_batch=lambda r: wake(r, scheduler), metrics=process
             )
-            workers = SweepWorkers(settings, settings.health_workers)
+            n = settings.health_workers
+            workers = SweepWorkers(settings, n, process) if n > 0 else None
             scheduler = HealthScheduler(
                 engine,
                 client,
                 consumer.owned_partitions,
                 settings.health_tick_seconds,
                 process,
-                workers if settings.health_workers > 0 else None,
+                workers,
             )
             publisher = HealthPublisher(settings, redis_client(settings))
         app.state.collector = SyncmonCollector(

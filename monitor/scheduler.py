@@ -108,10 +108,7 @@ class HealthScheduler:
     def _evaluate(self, ids: list[str], found_in: dict[str, int]) -> int:
         """Many syncs go to the worker processes, if any; a few, or a broken pool, stay here."""
         if self.workers is not None and len(ids) >= PARALLEL_FROM:
-            restarts = self.workers.fallbacks
             done = self.workers.evaluate(ids, found_in)
             if done is not None:
                 return done
-            if self.metrics is not None and self.workers.fallbacks > restarts:
-                self.metrics.worker_restarts.inc()
         return self.engine.evaluate_ids(self.redis, ids, found_in)

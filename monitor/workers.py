@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from redis import Redis
 
 from monitor.engine import HealthEngine
+from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings, redis_client
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,12 @@ class SweepWorkers:
     """A pool of `processes` evaluators; `evaluate` returns None when it cannot (the pool
     broke, say a worker was killed), so the caller evaluates in process and nothing waits."""
 
-    def __init__(self, settings: Settings, processes: int) -> None:
+    def __init__(
+        self, settings: Settings, processes: int, metrics: ProcessMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.processes = processes
+        self.metrics = metrics
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._started: list[Future[int]] = []
@@ -80,6 +84,8 @@ class SweepWorkers:
         except BrokenProcessPool:
             log.warning("a health worker died; restarting the pool, this sweep runs in process")
             self.fallbacks += 1
+            if self.metrics is not None:
+                self.metrics.worker_restarts.inc()
             self._replace(pool)
             return None
         except RuntimeError:

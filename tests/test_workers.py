@@ -93,8 +93,8 @@ def test_a_killed_worker_costs_one_sweep_in_process(
     redis_url: str, loaded: tuple[redis.Redis, str, list[str]]
 ) -> None:
     client, prefix, ids = loaded
-    workers = SweepWorkers(Settings(redis_url=redis_url, redis_prefix=prefix), 2)
     metrics = ProcessMetrics()
+    workers = SweepWorkers(Settings(redis_url=redis_url, redis_prefix=prefix), 2, metrics)
     engine = HealthEngine(prefix, ThresholdBook(Thresholds()))
     scheduler = HealthScheduler(engine, client, lambda: frozenset(range(3)), 1.0, metrics, workers)
     workers.start()

@@ -114,10 +114,7 @@ class SyncViews:
                     document = _joined(unpack(seed), raw and unpack(raw))
                 else:
                     document = unpack(raw)
-            elif raw is None:
-                views.append(None)
-                continue
-            else:
+            else:  # facts of this split: all a sweep reads
                 document = unpack(raw)
             part = model.model_validate_json(document)
             values = part.__dict__  # the part is thrown away: its values become the view's
