@@ -209,9 +209,11 @@ class Processor:
         *raw_fences, raw_epoch, held = pipe.mget(keys)  # one round trip for all three
         epoch = self._check_epoch(raw_epoch, held)
         fences = self.fences.parse(parts, raw_fences)
-        events = [(m, e) for m, e in prepared.events if m.offset > fences[m.partition]]
-        old_syncs = self._load(pipe, _subjects(events, provider=False))
-        provider_names = _subjects(events, provider=True)
+        events = [
+            (m, e, _is_provider(e)) for m, e in prepared.events if m.offset > fences[m.partition]
+        ]
+        old_syncs = self._load(pipe, sorted({e.subject for _, e, p in events if not p}))
+        provider_names = sorted({e.subject for _, e, p in events if p})
         old_providers = dict(
             zip(provider_names, self.providers.get_many(pipe, provider_names), strict=True)
         )
@@ -220,10 +222,10 @@ class Processor:
         syncs: dict[str, SyncView | None] = dict(old_syncs)
         providers: dict[str, ProviderView | None] = dict(old_providers)
         counts = result.counts
-        for message, event in events:
+        for message, event, of_provider in events:
             at = Position(message.partition, message.offset)
             store: dict[str, SyncView | None] | dict[str, ProviderView | None]
-            store = providers if _is_provider(event) else syncs
+            store = providers if of_provider else syncs
             outcome_step = step(store[event.subject], event, at)
             store[event.subject] = outcome_step.view  # type: ignore[assignment]
             counts[(type_label(event.type), outcome_step.outcome.value)] += 1
@@ -268,10 +270,6 @@ class Processor:
 
 HOLD_WAIT = 0.05  # seconds between looks at a rebuild's switch-over hold
 EVALUATE_NOW = datetime.fromtimestamp(0, UTC)  # a deadline long past: due at the next tick
-
-
-def _subjects(events: Sequence[tuple[RawMessage, Envelope]], provider: bool) -> list[str]:
-    return sorted({e.subject for _, e in events if _is_provider(e) is provider})
 
 
 def _is_provider(event: Envelope) -> bool:

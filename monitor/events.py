@@ -309,9 +309,12 @@ EventUnion: Any = Annotated[Union[_CHOICES], Discriminator(_discriminate)]  # no
 EVENT_ADAPTER: TypeAdapter[Envelope] = TypeAdapter(EventUnion)
 
 
+_KINDS = {t.value: t for t in EventType}  # a dict lookup: `EventType(value)` is slow per event
+
+
 def event_type(event: Envelope) -> EventType | None:
     """The known type of an event, or None for a type syncmon skips."""
-    return None if isinstance(event, UnknownEvent) else EventType(event.type)
+    return None if isinstance(event, UnknownEvent) else _KINDS[event.type]
 
 
 def data_of(event: Envelope) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +60,7 @@ def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = 
     return model
 
 
+@lru_cache(maxsize=4096)  # the fold asks twice per event: is it seen, then record it
 def event_key(event_id: str) -> str:
     """Recent event ids are kept as 48-bit digests, 8 characters instead of a 36-char UUID;
     a false duplicate among the last 8 ids has odds of about 1 in 3 * 10**13."""

@@ -28,15 +28,20 @@ Entries = frozenset[tuple[str, str]]
 
 def entries(view: SyncView | None) -> Entries:
     """The (field, value) pairs of a live sync's own fields (health is the engine's)."""
-    if view is None or view.deleted or not view.known:
-        return frozenset()
-    pairs = {
-        ("provider", view.provider),
-        ("status", view.status.value),
-        ("org_id", view.org_id),
-        ("stream_id", view.stream_id),
-    }
-    return frozenset((f, v) for f, v in pairs if v is not None)
+    if view is None or view.deleted_at is not None or not view.known:
+        return _NONE
+    pairs = [("status", _STATUS_VALUES[view.status])]
+    if view.provider is not None:
+        pairs.append(("provider", view.provider))
+    if view.org_id is not None:
+        pairs.append(("org_id", view.org_id))
+    if view.stream_id is not None:
+        pairs.append(("stream_id", view.stream_id))
+    return frozenset(pairs)
+
+
+_NONE: Entries = frozenset()
+_STATUS_VALUES = {s: s.value for s in SyncStatus}  # `.value` is a slow descriptor per event
 
 
 class Indexes:
