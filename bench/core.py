@@ -238,7 +238,7 @@ def view_fields(client: redis.Redis, sample: int = 1_000) -> tuple[float, list[t
         if len(keys) >= sample:
             break
     facts = [k.replace(b":sync:", b":facts:") for k in keys]
-    raws = client.mget([*keys, *facts]) if keys else []
+    raws: list[Any] = client.mget([*keys, *facts]) if keys else []
     docs = [
         {**json.loads(unpack(seed)), **json.loads(unpack(fact or b"{}"))}
         for seed, fact in zip(raws[: len(keys)], raws[len(keys) :], strict=True)
