@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PARALLEL_FROM = 500  # fewer due syncs than this are evaluated in process: IPC would cost more
 TASK = 1_000  # ids per task: several tasks per worker keep them evenly busy
+TRIP = 3  # pools broken in a row before the workers are left alone for a while
+REST_SECONDS, MAX_REST_SECONDS = 30.0, 600.0  # doubling while they keep breaking
 
 _engine: HealthEngine | None = None  # each worker process's own
 _client: Redis | None = None
@@ -36,11 +39,18 @@ class SweepWorkers:
     broke, say a worker was killed), so the caller evaluates in process and nothing waits."""
 
     def __init__(
-        self, settings: Settings, processes: int, metrics: ProcessMetrics | None = None
+        self,
+        settings: Settings,
+        processes: int,
+        metrics: ProcessMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.processes = processes
         self.metrics = metrics
+        self.clock = clock
+        self.broken_in_a_row = 0
+        self.resting_until = 0.0  # `clock()` time; until then every sweep runs in process
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._started: list[Future[int]] = []
@@ -71,7 +81,7 @@ class SweepWorkers:
     def evaluate(self, ids: list[str], found_in: dict[str, int]) -> int | None:
         """Evaluates `ids` across the workers; their errors (RedisError) are raised here."""
         pool = self._pool
-        if pool is None:
+        if pool is None or self.clock() < self.resting_until:
             return None
         futures: list[Future[int]] = []
         try:
@@ -80,18 +90,35 @@ class SweepWorkers:
                 found = {s: found_in[s] for s in part if s in found_in}
                 futures.append(pool.submit(_evaluate, part, found))
             self.tasks += len(futures)
-            return sum(f.result() for f in futures)  # a worker's own error is raised here
+            done = sum(f.result() for f in futures)  # a worker's own error is raised here
         except BrokenProcessPool:
-            log.warning("a health worker died; restarting the pool, this sweep runs in process")
-            self.fallbacks += 1
-            if self.metrics is not None:
-                self.metrics.worker_restarts.inc()
-            self._replace(pool)
+            self._broke(pool)
             return None
         except RuntimeError:
             if self._pool is pool:
                 raise  # from a worker's evaluation: the caller's error, not the pool's
             return None  # submitted after `stop()`: shutting down
+        self.broken_in_a_row = 0
+        return done
+
+    def _broke(self, pool: ProcessPoolExecutor) -> None:
+        """A new pool takes over; workers that break every time (they cannot start, or are
+        killed for memory) rest, so each sweep does not pay for spawning them again."""
+        self.fallbacks += 1
+        self.broken_in_a_row += 1
+        if self.metrics is not None:
+            self.metrics.worker_restarts.inc()
+        self._replace(pool)
+        if self.broken_in_a_row < TRIP:
+            log.warning("a health worker died; restarting the pool, this sweep runs in process")
+            return
+        rest = min(MAX_REST_SECONDS, REST_SECONDS * 2 ** (self.broken_in_a_row - TRIP))
+        self.resting_until = self.clock() + rest
+        log.error(
+            "the health workers broke %d sweeps in a row; evaluating in process for %.0f s",
+            self.broken_in_a_row,
+            rest,
+        )
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(

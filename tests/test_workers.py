@@ -5,9 +5,11 @@ same exactly-once changes; a killed worker costs one sweep in process; they neve
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,7 @@ from monitor.store.base import text
 from monitor.store.health import HealthViews
 from monitor.store.outbox import Outbox
 from monitor.store.syncs import SyncViews
-from monitor.workers import PARALLEL_FROM, SweepWorkers
+from monitor.workers import PARALLEL_FROM, REST_SECONDS, TRIP, SweepWorkers
 from tests.eventlib import cloudevent, encode, produce_records, recent, sync_created
 from tests.faultlib import log_tail, read_topic, ready, start_monitor
 from tests.support import Topics, as_env, fast_settings, wait_for
@@ -112,6 +114,63 @@ def test_a_killed_worker_costs_one_sweep_in_process(
     finally:
         workers.stop()
     assert not any(alive(p) for p in pids)
+
+
+class DyingWorkers(SweepWorkers):
+    """Workers that die as they start, every time (as if killed for memory at once)."""
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=os._exit,
+            initargs=(3,),
+        )
+
+
+def test_workers_that_keep_breaking_rest_and_the_sweeps_run_in_process(
+    redis_url: str, loaded: tuple[redis.Redis, str, list[str]]
+) -> None:
+    client, prefix, ids = loaded
+    now = [1_000.0]
+    metrics = ProcessMetrics()
+    settings = Settings(redis_url=redis_url, redis_prefix=prefix)
+    workers = DyingWorkers(settings, 2, metrics, clock=lambda: now[0])
+    engine = HealthEngine(prefix, ThresholdBook(Thresholds()))
+    scheduler = HealthScheduler(engine, client, lambda: frozenset(range(3)), 1.0, metrics, workers)
+    workers.start()
+    try:
+        assert scheduler.tick() == SYNCS  # evaluated in process after the pool broke
+        for _ in range(TRIP - 1):
+            assert workers.evaluate(ids, {}) is None
+        assert workers.fallbacks == TRIP and workers.broken_in_a_row == TRIP
+        assert workers.resting_until == now[0] + REST_SECONDS
+        tasks = workers.tasks
+        assert workers.evaluate(ids, {}) is None  # resting: not even tried
+        assert workers.tasks == tasks and workers.fallbacks == TRIP
+        now[0] += REST_SECONDS
+        assert workers.evaluate(ids, {}) is None  # tried again after the rest, broke again
+        assert workers.tasks > tasks and workers.fallbacks == TRIP + 1
+        assert workers.resting_until == now[0] + 2 * REST_SECONDS  # and rests twice as long
+        restarts = metrics.registry.get_sample_value("syncmon_health_worker_restarts_total")
+        assert restarts == TRIP + 1
+    finally:
+        workers.stop()
+    assert HealthViews(prefix).get_many(client, ids).count(None) == 0
+
+
+def test_a_sweep_that_works_ends_the_run_of_breakages(
+    redis_url: str, loaded: tuple[redis.Redis, str, list[str]]
+) -> None:
+    _, prefix, ids = loaded
+    workers = SweepWorkers(Settings(redis_url=redis_url, redis_prefix=prefix), 2)
+    workers.broken_in_a_row = TRIP - 1
+    workers.start()
+    try:
+        assert workers.evaluate(ids, {}) == SYNCS
+        assert workers.broken_in_a_row == 0 and workers.resting_until == 0.0
+    finally:
+        workers.stop()
 
 
 @pytest.mark.parametrize("ending", ["SIGTERM", "SIGKILL"])
