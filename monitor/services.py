@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +72,31 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "<no log>"
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """Makes a service die with this process even when it is killed outright (`kill -9`,
+    the OOM killer, a CI timeout): `atexit` cannot run then, and a leaked broker or Redis
+    would hold its port and memory until the machine restarts.
+
+    Linux's parent-death signal fires when the thread that started the child ends, so it is
+    set only from the main thread, whose end is the process's.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return in_child
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class _Service:
@@ -135,6 +163,7 @@ class _Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()),
             )
         _LIVE.add(self)
         deadline = time.monotonic() + self.startup_timeout

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -155,6 +156,38 @@ def test_atexit_cleanup_kills_forgotten_servers() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert _gone(int(out.stdout.strip()))
+
+
+@pytest.mark.integration
+def test_services_die_with_a_process_killed_outright() -> None:
+    """`kill -9` of whatever started them (`syncmon dev`, a test run) runs no atexit."""
+    code = (
+        "import time; from monitor.services import start_broker, start_redis; "
+        "print(start_redis().pid, start_broker().pid, flush=True); time.sleep(60)"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        pids = [int(p) for p in starter.stdout.readline().split()]
+        assert len(pids) == 2 and not any(_gone(p, timeout=0.5) for p in pids)
+    finally:
+        starter.kill()
+        starter.wait(timeout=10)
+    assert all(_gone(p) for p in pids)
+
+
+def test_a_service_started_from_another_thread_outlives_that_thread() -> None:
+    """The parent-death signal follows the starting thread: not armed off the main one."""
+    started: list[RedisServer] = []
+    thread = threading.Thread(target=lambda: started.append(start_redis()))
+    thread.start()
+    thread.join(timeout=30)
+    server = started[0]
+    try:
+        assert not _gone(server.pid, timeout=0.5)
+        assert redis.Redis.from_url(server.url).ping()
+    finally:
+        server.stop()
 
 
 @pytest.mark.integration
