@@ -68,8 +68,11 @@ def incidents_of(providers: dict[str, ProviderView], provider: str | None) -> Se
 
 
 def change_event(previous: History | None, health: Health) -> str:
-    """The `sync.health.changed` CloudEvent; its id numbers the change, so it is stable."""
-    changed_at = (health.in_status_since or health.evaluated_at).isoformat().replace("+00:00", "Z")
+    """The `sync.health.changed` CloudEvent. Its id numbers the change and adds when it
+    happened: a deleted sync created again starts counting at 1, and its changes must not
+    share ids with the old ones (a recovering publisher matches on them)."""
+    at = health.in_status_since or health.evaluated_at
+    changed_at = at.isoformat().replace("+00:00", "Z")
     data = {
         "sync_id": health.sync_id,
         "from": previous.status.value if previous is not None else None,
@@ -80,7 +83,7 @@ def change_event(previous: History | None, health: Health) -> str:
     return json.dumps(
         {
             "specversion": "1.0",
-            "id": f"{health.sync_id}:{health.transitions}",
+            "id": f"{health.sync_id}:{health.transitions}:{round(at.timestamp() * 1000)}",
             "source": SOURCE,
             "type": EVENT_TYPE,
             "subject": health.sync_id,

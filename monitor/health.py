@@ -29,7 +29,8 @@ from monitor.views import Incident, SyncView
 __all__ = [  # with what monitor.rules gives the rest of the code
     "EPSILON", "ERROR", "OK", "RULE_FIELDS", "WARN", "Assessment", "Check", "CredentialHealth",
     "EpochMs", "Health", "History", "ProviderHealth", "ThresholdBook", "Thresholds", "Verdict",
-    "assess", "checks", "credential_health", "evaluate", "health_of", "next_deadline",
+    "assess", "checks", "credential_health", "current_checks", "current_verdicts", "evaluate",
+    "health_of", "next_deadline",
     "provider_health", "verdicts",
 ]  # fmt: skip
 
@@ -128,16 +129,8 @@ def assess(
 ) -> Assessment:
     """Worst check wins (`paused` above all); carries the status history from `previous`."""
     lim = limits(thresholds)
-    found = rule_verdicts(view, now, lim, incidents)
-    if view.status is SyncStatus.DISABLED:
-        worst = HealthStatus.PAUSED
-        reason = f": {view.disabled_reason}" if view.disabled_reason else ""
-        paused = Verdict(
-            "paused", worst, view.status_changed_at, lambda: f"sync is disabled{reason}"
-        )
-        found = (paused, *found)
-    else:
-        worst = max((v.status for v in found), key=_RANK.__getitem__)
+    found = current_verdicts(view, now, lim, incidents)
+    worst = max((v.status for v in found), key=_RANK.__getitem__)
     status, pending, pending_since = _settle(worst, found, now, lim, previous)
     since = _status_since(status, found, now, previous)
     return Assessment(
@@ -151,6 +144,25 @@ def assess(
         pending_since,
         _transitions(status, previous),
     )
+
+
+def current_verdicts(
+    view: SyncView, now: datetime, lim: Limits, incidents: Sequence[Incident] = ()
+) -> tuple[Verdict, ...]:
+    """Every rule's verdict; for a disabled sync only `paused`, as the contract reports
+    nothing else of it (a switched-off sync's stale runs are no one's page)."""
+    if view.status is not SyncStatus.DISABLED:
+        return rule_verdicts(view, now, lim, incidents)
+    reason = f": {view.disabled_reason}" if view.disabled_reason else ""
+    message = f"sync is disabled{reason}"
+    return (Verdict("paused", HealthStatus.PAUSED, view.status_changed_at, lambda: message),)
+
+
+def current_checks(
+    view: SyncView, now: datetime, thresholds: Thresholds, incidents: Sequence[Incident] = ()
+) -> tuple[Check, ...]:
+    """The checks the API shows: `current_verdicts` with their messages."""
+    return tuple(v.check() for v in current_verdicts(view, now, limits(thresholds), incidents))
 
 
 def evaluate(
@@ -268,6 +280,8 @@ def next_deadline(
     health: Pending | None = None,
 ) -> datetime | None:
     """The next moment this sync's health could change with no new event (None: never)."""
+    if view.status is SyncStatus.DISABLED:
+        return None  # paused until an event enables it; paused is never held back
     lim = limits(thresholds or Thresholds())
     candidates: list[datetime] = []  # strict thresholds: the change is just after these
     exact: list[datetime] = []  # inclusive ones: the change is at these very instants

@@ -206,9 +206,10 @@ def check_credential(view: SyncView, now: datetime, lim: Limits) -> Verdict:
 
 def check_rate_limit(view: SyncView, now: datetime, lim: Limits) -> Verdict:
     last = view.last_rate_limited_at
-    if last is None or now - last >= lim.rate_limit_window or now < last:
+    # An event stamped ahead of this clock (skew) has happened all the same: limited now.
+    if last is None or now - last >= lim.rate_limit_window:
         return _NOT_LIMITED
-    ago = (now - last).total_seconds()
+    ago = max(0.0, (now - last).total_seconds())
     retry = f"; retry after {view.retry_after_seconds:g} s" if view.retry_after_seconds else ""
     return Verdict(
         "rate_limit", WARN, last, lambda: f"rate limited by the provider {_ago(ago)} ago{retry}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 
 import monitor.health as health_module
 import monitor.rules as rules_module
+from monitor.engine import change_event
 from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
 from monitor.events import RunError
 from monitor.health import (
@@ -25,6 +27,7 @@ from monitor.health import (
     ThresholdBook,
     Thresholds,
     checks,
+    current_checks,
     evaluate,
     next_deadline,
 )
@@ -39,6 +42,7 @@ PAUSED = HealthStatus.PAUSED
 MS = timedelta(milliseconds=1)
 SEC = timedelta(seconds=1)
 MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 
 CREATED = datetime(2024, 1, 1, tzinfo=UTC)
 BACKFILL_DONE = CREATED + timedelta(hours=1)
@@ -650,7 +654,7 @@ def test_worst_wins(
     if want is PAUSED:
         assert health.checks[0].name == "paused"
         assert health.checks[0].since == NOW - SEC
-        assert len(health.checks) == 8  # every other check is still reported underneath
+        assert len(health.checks) == 1  # "paused ... and nothing else is reported"
 
 
 def test_initializing_only_when_nothing_worse() -> None:
@@ -1503,3 +1507,54 @@ def test_thresholds_reject_nonsense(bad: dict[str, Any]) -> None:
 def test_thresholds_are_frozen() -> None:
     with pytest.raises(ValueError):
         DEFAULT.failures_warn = 5  # type: ignore[misc]
+
+
+def test_a_disabled_sync_reports_paused_alone_however_broken_it_is() -> None:
+    """Contract section 2: `paused` means the sync is disabled and nothing else is reported,
+    in the API's checks, a change event's checks and the metrics row alike."""
+    broken = ready(
+        status=SyncStatus.DISABLED,
+        disabled_reason="customer asked",
+        status_changed_at=NOW - SEC,
+        consecutive_failures=5,
+        credential_status=CredentialStatus.FAILED,
+        credential_failed_at=NOW - HOUR,
+        last_success_at=NOW - 10 * HOUR,
+    )
+    incident = Incident(incident_id="i1", opened_at=NOW - HOUR, notes=("outage",))
+    assert [c.name for c in evaluate(ready(), NOW, DEFAULT).checks] != ["paused"]
+    health = evaluate(broken, NOW, DEFAULT, (incident,))
+    assert health.status is PAUSED
+    assert [(c.name, c.status, c.message) for c in health.checks] == [
+        ("paused", PAUSED, "sync is disabled: customer asked")
+    ]
+    assert current_checks(broken, NOW, DEFAULT, (incident,)) == health.checks
+    assert next_deadline(broken, NOW, DEFAULT) is None  # nothing changes it but an event
+
+
+def test_a_rate_limit_stamped_ahead_of_this_clock_warns_at_once() -> None:
+    """Producer clocks run ahead of syncmon's: the event has happened, so the sync warns now
+    and its deadline is the end of the window counted from the event's own time."""
+    ahead = NOW + 5 * SEC
+    view = ready(last_rate_limited_at=ahead, sync_frequency="4h")
+    health = evaluate(view, NOW, DEFAULT)
+    assert health.status is WARN
+    check = next(c for c in health.checks if c.name == "rate_limit")
+    assert check.status is WARN and check.since == ahead
+    window = timedelta(seconds=DEFAULT.rate_limit_window_seconds)
+    assert next_deadline(view, NOW, DEFAULT) == ahead + window
+    assert evaluate(view, ahead + window, DEFAULT).status is OK
+
+
+def test_a_sync_created_again_publishes_changes_with_new_ids() -> None:
+    """A deleted sync leaves no health, so its next life counts changes from 1 again; the
+    change time in the id keeps them apart from the old ones a publisher may find on the
+    topic when it settles what a dead publisher sent."""
+    first = evaluate(ready(), NOW, DEFAULT)
+    again = evaluate(ready(), NOW + HOUR, DEFAULT)
+    assert first.transitions == again.transitions == 1
+    ids = [json.loads(change_event(None, h))["id"] for h in (first, again)]
+    assert ids[0] != ids[1]
+    at = first.in_status_since or first.evaluated_at
+    assert ids[0] == f"{first.sync_id}:1:{round(at.timestamp() * 1000)}"
+    assert json.loads(change_event(None, first)) == json.loads(change_event(None, first))
