@@ -19,6 +19,8 @@ from monitor.settings import Settings
 from monitor.store.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
+# CloudEvents Kafka binding: structured mode is told apart from binary mode by this header.
+STRUCTURED = [("content-type", b"application/cloudevents+json; charset=UTF-8")]
 
 CLAIM_IDLE_MS = 30_000  # an entry taken by a publisher that died is re-published after this
 BATCH = 500
@@ -104,7 +106,9 @@ class HealthPublisher:
 
     def _publish(self, entries: list[Entry]) -> None:
         futures = [
-            self._producer.send(self.settings.health_topic, key=sync_id.encode(), value=event)
+            self._producer.send(
+                self.settings.health_topic, key=sync_id.encode(), value=event, headers=STRUCTURED
+            )
             for _, sync_id, event in entries
         ]
         self._producer.flush(timeout=30)

@@ -97,8 +97,11 @@ def stored_fences(client: redis.Redis, prefix: str, topic: str, partitions: int)
     return Fences(prefix).get_many(client, topic, range(partitions))
 
 
-def read_topic(bootstrap: str, topic: str, partitions: int, settle: float = 2.0) -> list[Any]:
-    """Every record of a topic as (partition, offset, key, parsed JSON value)."""
+def read_topic(
+    bootstrap: str, topic: str, partitions: int, settle: float = 2.0, headers: bool = False
+) -> list[Any]:
+    """Every record of a topic as (partition, offset, key, parsed JSON value), and its
+    headers last when asked."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
@@ -108,7 +111,9 @@ def read_topic(bootstrap: str, topic: str, partitions: int, settle: float = 2.0)
     while time.monotonic() - quiet_since < settle:
         got = [r for batch in consumer.poll(timeout_ms=200).values() for r in batch]
         if got:
-            out.extend((r.partition, r.offset, r.key, json.loads(r.value)) for r in got)
+            for r in got:
+                record = (r.partition, r.offset, r.key, json.loads(r.value))
+                out.append((*record, r.headers) if headers else record)
             quiet_since = time.monotonic()
     consumer.close()
     return out

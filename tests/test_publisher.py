@@ -71,5 +71,9 @@ def test_entries_a_dead_publisher_sent_are_acknowledged_not_sent_again(
         survivor.stop()
     assert survivor.published == 2  # b and d; a and c were already there
     assert int(client.hget(outbox.published_key, "count") or 0) == 4
-    on_topic = Counter(value["id"] for *_, value in read_topic(topics.bootstrap, health_topic, 3))
+    records = read_topic(topics.bootstrap, health_topic, 3, headers=True)
+    on_topic = Counter(value["id"] for *_, value, _ in records)
     assert on_topic == {"a:1": 1, "b:2": 1, "c:3": 1, "d:4": 1}
+    by_us = [h for *_, value, h in records if value["id"] in ("b:2", "d:4")]
+    # CloudEvents Kafka binding: structured mode says so in its content-type header
+    assert by_us == [[("content-type", b"application/cloudevents+json; charset=UTF-8")]] * 2
