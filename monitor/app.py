@@ -156,7 +156,7 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
             return metrics_unauthorized()
         collector: SyncmonCollector = app.state.collector
         chunks = collector.chunks()
-        first = next(chunks)  # Redis is read here: if it is down, this is a clean 503
+        first = next(chunks, b"")  # Redis is first read here, before the 200 is sent
         return StreamingResponse(itertools.chain([first], chunks), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["ops"], responses=HEALTHZ_RESPONSES)

@@ -18,6 +18,7 @@ from typing import Any
 import pydantic_core
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis import Redis
+from redis.exceptions import RedisError
 
 from monitor import __version__
 from monitor.enums import HealthStatus
@@ -160,10 +161,22 @@ class SyncmonCollector:
         return b"".join(self.chunks())
 
     def chunks(self) -> Iterator[bytes]:
-        """The exposition family by family, so a large one is sent without one more copy."""
+        """The exposition family by family, so a large one is sent without one more copy.
+
+        With Redis down it is this process's own metrics alone (`syncmon_redis_connected 0`):
+        a failed scrape would page for a dead syncmon where Redis is what is down.
+        """
         if self.refresh is not None:
             self.refresh()
-        yield self._aggregates().encode()
+        try:
+            aggregates = self._aggregates()
+        except RedisError:
+            if self.process is None:
+                raise
+            self.process.redis.set(0)
+            yield generate_latest(self.process.registry)
+            return
+        yield aggregates.encode()
         yield from (block.encode() for block in self._per_sync())
         if self.process is not None:
             yield generate_latest(self.process.registry)

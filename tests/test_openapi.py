@@ -300,8 +300,9 @@ def test_locked_api_negative(locked_app: Live) -> None:
 
 
 def test_a_redis_outage_is_a_declared_503() -> None:
-    """With Redis gone, /v1, /metrics and /readyz answer 503 with the bodies their schema
-    declares; /healthz still says the process is alive."""
+    """With Redis gone, /v1 and /readyz answer 503 with the bodies their schema declares;
+    /healthz still says the process is alive, and /metrics serves the process's own metrics
+    (so `syncmon_redis_connected 0` can raise its alert, not a failed scrape)."""
     server = RedisServer().start()
     try:
         settings = Settings(
@@ -319,8 +320,12 @@ def test_a_redis_outage_is_a_declared_503() -> None:
                 response = case.call_and_validate(
                     base_url=url, excluded_checks=[not_a_server_error]
                 )
-                expected = 200 if op.path == "/healthz" else 503
+                expected = 200 if op.path in ("/healthz", "/metrics") else 503
                 assert response.status_code == expected, (op.label, response.text)
+                if op.path == "/metrics":
+                    assert "syncmon_redis_connected 0.0" in response.text
+                    assert "syncmon_build_info" in response.text
+                    assert "syncmon_sync_info" not in response.text  # nothing read from Redis
                 seen.add(op.path)
             assert {"/metrics", "/readyz", "/v1/syncs", "/v1/syncs/{sync_id}"} <= seen
     finally:
