@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitor.enums import CredentialStatus, HealthStatus
 from monitor.views import Incident, SyncView
@@ -44,6 +44,21 @@ class Thresholds(BaseModel):
     backfill_stall_seconds: float = Field(1800, gt=0)
     no_activity_seconds: float = Field(600, gt=0)
     hysteresis_seconds: float = Field(0, ge=0)
+
+    # (warn, error) pairs: a warn threshold past its error one could never be reached.
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("freshness_warn_factor", "freshness_error_factor"),
+        ("failures_warn", "failures_error"),
+    )
+
+    @model_validator(mode="after")
+    def _warn_not_above_error(self) -> Thresholds:
+        for warn, error in self.ORDERED:
+            if getattr(self, warn) > getattr(self, error):
+                raise ValueError(
+                    f"{warn} ({getattr(self, warn)}) is above {error} ({getattr(self, error)})"
+                )
+        return self
 
     def interval(self, sync_frequency: str) -> timedelta:
         """Expected time between successful runs: `continuous` or `<n>[smhd]` such as `4h`."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import pydantic_settings
 import redis
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from monitor.health import ThresholdBook, Thresholds
 
 ENV_PREFIX = "SYNCMON_"
+# Topics, group and brokers: surrounding blanks dropped, nothing left is an error.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class Settings(BaseSettings):
@@ -19,10 +24,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    kafka_bootstrap_servers: str = "localhost:9092"
-    kafka_topic: str = "sync.lifecycle"
-    kafka_group_id: str = "syncmon"
-    kafka_dlq_topic: str = "sync.lifecycle.dlq"
+    kafka_bootstrap_servers: Name = "localhost:9092"
+    kafka_topic: Name = "sync.lifecycle"
+    kafka_group_id: Name = "syncmon"
+    kafka_dlq_topic: Name = "sync.lifecycle.dlq"
     kafka_topic_partitions: Annotated[int, Field(ge=1, le=10_000)] = 6
     kafka_create_topics: bool = True
     kafka_max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
@@ -48,7 +53,7 @@ class Settings(BaseSettings):
     api_tokens: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     api_max_page: Annotated[int, Field(ge=1, le=10_000)] = 500
 
-    health_topic: str = "sync.health"
+    health_topic: Name = "sync.health"
     health_continuous_interval_seconds: Annotated[float, Field(gt=0)] = 300
     health_freshness_warn_factor: Annotated[float, Field(gt=0)] = 1.0
     health_freshness_error_factor: Annotated[float, Field(gt=0)] = 2.0
@@ -58,7 +63,10 @@ class Settings(BaseSettings):
     health_backfill_stall_seconds: Annotated[float, Field(gt=0)] = 1800
     health_no_activity_seconds: Annotated[float, Field(gt=0)] = 600
     health_hysteresis_seconds: Annotated[float, Field(ge=0)] = 0
-    health_provider_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # JSON, decoded by `_json` so a malformed value is reported like any other bad setting.
+    health_provider_overrides: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=dict
+    )
     health_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Processes that evaluate large sweeps (500+ syncs due) beside this one; 0: all in process.
     health_workers: Annotated[int, Field(ge=0, le=64)] = 2
@@ -83,17 +91,65 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
-        """Lists such as `SYNCMON_API_TOKENS=a,b` are comma-separated; blanks are dropped."""
+        """Lists such as `SYNCMON_API_TOKENS=a,b` are comma-separated; blanks are dropped.
+        Empty means none (for API_TOKENS: no auth); a value of only commas and blanks is
+        refused rather than read as none."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
+            return value
+        kept = tuple(t.strip() for t in items if t.strip())
+        if not kept and value:
+            raise ValueError("has only commas and blanks; leave it empty or unset for none")
+        return kept
+
+    @field_validator("health_provider_overrides", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(t.strip() for t in value.split(",") if t.strip())
+            try:
+                return json.loads(value)
+            except ValueError as exc:  # its message gives the position, never the value
+                raise ValueError(f"not valid JSON: {exc}") from None
         return value
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_url(cls, value: str) -> str:
+        """Read here as redis-py will read it, so a bad URL stops start-up instead of the first
+        connection. Messages never quote the URL: it may hold a password."""
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - the property is the check
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
+        db = unquote(parts.path).replace("/", "")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("unix:// needs the socket's path")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError("the path must be a database number, such as /0")
+        try:  # builds, without connecting, the connection the URL describes
+            redis.ConnectionPool.from_url(value).make_connection()
+        except TypeError:
+            raise ValueError("unknown query parameter") from None
+        except (ValueError, redis.RedisError) as exc:  # names the query parameter at fault
+            raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        """The DLQ or the health topic being the lifecycle topic would feed syncmon its own
+        output (a dead letter re-consumed forever)."""
+        topics = ("kafka_topic", "kafka_dlq_topic", "health_topic")
+        for i, one in enumerate(topics):
+            for other in topics[i + 1 :]:
+                if getattr(self, one) == getattr(self, other):
+                    raise ValueError(
+                        f"{ENV_PREFIX}{one.upper()} and {ENV_PREFIX}{other.upper()} are the "
+                        "same topic; they must differ"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _coherent_kafka_security(self) -> Settings:
@@ -140,6 +196,13 @@ class Settings(BaseSettings):
     def thresholds(self) -> ThresholdBook:
         """Health thresholds: the global ones and each provider's overrides."""
         names = Thresholds.model_fields
+        for warn, error in Thresholds.ORDERED:
+            low, high = getattr(self, f"health_{warn}"), getattr(self, f"health_{error}")
+            if low > high:
+                raise ValueError(
+                    f"{ENV_PREFIX}HEALTH_{warn.upper()} ({low}) is above "
+                    f"{ENV_PREFIX}HEALTH_{error.upper()} ({high}); it must not be"
+                )
         base = Thresholds(**{n: getattr(self, f"health_{n}") for n in names})
         per_provider = {}
         for provider, overrides in self.health_provider_overrides.items():
@@ -152,10 +215,9 @@ class Settings(BaseSettings):
                 per_provider[provider] = Thresholds(**{**base.model_dump(), **overrides})
             except ValidationError as exc:
                 first = exc.errors(include_url=False)[0]
-                raise ValueError(
-                    f"SYNCMON_HEALTH_PROVIDER_OVERRIDES: {provider}.{first['loc'][0]}: "
-                    f"{first['msg']}"
-                ) from None
+                where = f"{provider}.{first['loc'][0]}" if first["loc"] else provider
+                message = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"SYNCMON_HEALTH_PROVIDER_OVERRIDES: {where}: {message}") from None
         return ThresholdBook(base, per_provider)
 
     def kafka_security(self) -> dict[str, Any]:
@@ -206,11 +268,18 @@ def load_settings(**overrides: Any) -> Settings:
     """Reads the environment; on error raises SettingsError naming the variables."""
     try:
         return Settings(**overrides)
+    except pydantic_settings.SettingsError as exc:
+        # A source failed before validation, e.g. a JSON field that is not JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a SYNCMON_ variable"
+        cause = exc.__cause__
+        why = (
+            f"not valid JSON: {cause}" if isinstance(cause, json.JSONDecodeError) else "unreadable"
+        )
+        raise SettingsError(f"invalid syncmon settings:\n  {name}: {why}") from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
-            if error["loc"]:
-                lines.append(f"  {ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}")
-            else:
-                lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            name = f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+            lines.append(f"  {name}{error['msg'].removeprefix('Value error, ')}")
         raise SettingsError("invalid syncmon settings:\n" + "\n".join(lines)) from None

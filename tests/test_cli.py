@@ -28,6 +28,21 @@ def test_bad_settings_stop_start_up_naming_the_variable() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_unparseable_settings_stop_start_up_naming_each_variable() -> None:
+    """Values only the environment can give: a URL with a bad port, and JSON that is not."""
+    env = {
+        **os.environ,
+        "SYNCMON_REDIS_URL": "redis://localhost:notaport/0",
+        "SYNCMON_HEALTH_PROVIDER_OVERRIDES": "nope",
+        "SYNCMON_API_TOKENS": " , ",
+    }
+    done = subprocess.run([*SYNCMON, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    for name in ("SYNCMON_REDIS_URL", "SYNCMON_HEALTH_PROVIDER_OVERRIDES", "SYNCMON_API_TOKENS"):
+        assert name in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 5, done.stderr
+
+
 def test_settings_objects_validate_without_the_environment() -> None:
     with pytest.raises(SettingsError, match="SYNCMON_KAFKA_MAX_BATCH"):
         load_settings(kafka_max_batch=0)
