@@ -7,7 +7,10 @@ are unique and documented. The Prometheus config that compose mounts goes throug
 `promtool check config`. Every dashboard query, and every rule expression in
 prometheus/alerts.yml, is run against a real `prometheus` binary: first on an empty one (the
 syntax), then on one scraping a live syncmon fed by the simulator (every dashboard query must
-return data). `prometheus` and `promtool` come from Debian's `prometheus` package.
+return data, and every table column a panel declares must be one its query gives). Panels whose
+truth depends on history (a check that recovers, a top 10 over a range) are run on a scrape
+target whose /metrics the test writes. `prometheus` and `promtool` come from Debian's
+`prometheus` package.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,10 @@ import jsonschema
 import pytest
 import yaml
 
+from monitor.metrics import PER_SYNC
+from monitor.rules import Thresholds, verdicts
 from monitor.services import free_port
+from monitor.views import SyncView
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -55,6 +64,7 @@ BUILTINS = {
 }
 VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::\w+)?\]\]|\$(\w+)")
 LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(.+?)\s*,\s*(\w+)\s*\)\s*$")
+PER_SYNC_METRICS = frozenset(name for name, _ in PER_SYNC.values())
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -164,6 +174,38 @@ def variable_as_expr(variable: dict[str, Any]) -> str:
     return f"count by ({label}) ({expr})"
 
 
+def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def panel_by_id(dashboard: dict[str, Any], panel_id: int) -> dict[str, Any]:
+    (panel,) = [p for p in iter_panels(dashboard["panels"]) if p.get("id") == panel_id]
+    return panel
+
+
+def editor_query(variable: dict[str, Any]) -> str | None:
+    """The query Grafana runs for a variable saved from the Prometheus variable editor.
+
+    For `qryType` 1 (label values) Grafana rebuilds `label_values(metric{filters}, label)`
+    from `metric` and `labelFilters` and ignores the `query` string
+    (migrateVariableEditorBackToVariableSupport), so a filter written only in `query` is lost.
+    """
+    query = variable.get("query")
+    if not isinstance(query, dict) or query.get("qryType") != 1:
+        return None
+    filters = ", ".join(
+        f'{f["label"]}{f["op"]}"{f["value"]}"' for f in query.get("labelFilters") or []
+    )
+    selector = query.get("metric", "") + (f"{{{filters}}}" if filters else "")
+    return f"label_values({selector}, {query['label']})"
+
+
+def check_names() -> list[str]:
+    """The checks the health engine evaluates for every sync, in its order."""
+    now = datetime.now(UTC)
+    return [v.name for v in verdicts(SyncView(id="any"), now, Thresholds())]
+
+
 def substitute(expr: str, values: dict[str, str]) -> str:
     """Grafana's variable interpolation, for the variables we know (others stay, like `$1`)."""
 
@@ -248,6 +290,17 @@ class Prometheus:
         if data["resultType"] in ("scalar", "string"):
             return None, [data["result"]]
         return None, list(data["result"])
+
+    def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The series of a range query with a 1 s step (what a time-series panel draws)."""
+        answer = httpx.post(
+            f"{self.url}/api/v1/query_range",
+            data={"query": expr, "start": start, "end": end, "step": 1},
+            timeout=30,
+        )
+        body = answer.json()
+        assert body.get("status") == "success", f"{body.get('error')}\n    {expr}"
+        return list(body["data"]["result"])
 
     def value(self, expr: str) -> float | None:
         error, result = self.query(expr)
@@ -513,10 +566,114 @@ def test_dashboard_is_well_formed(path: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_sync_dashboard_picks_sync_id_from_sync_info() -> None:
+def test_sync_dashboard_picks_sync_id_among_one_providers_syncs() -> None:
+    """100,000 sync ids are too many for one list: `$sync_id` is chained on `$provider`."""
     dashboard = load_dashboard(DASHBOARD_DIR / "syncmon-sync.json")
-    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "sync_id"]
-    assert variable_query(variable) == "label_values(syncmon_sync_info, sync_id)"
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["provider", "sync_id"], "the variable a chained one uses comes first"
+    provider, sync_id = dashboard["templating"]["list"]
+    assert variable_query(provider) == "label_values(syncmon_syncs, provider)"
+    assert not provider.get("multi") and not provider.get("includeAll"), (
+        "one provider at a time: `All` would list every sync again"
+    )
+    chained = 'label_values(syncmon_sync_info{provider="$provider"}, sync_id)'
+    assert variable_query(sync_id) == chained
+    assert editor_query(sync_id) == chained, "Grafana runs the editor's metric and labelFilters"
+
+
+def test_provider_variables_list_every_provider() -> None:
+    """SYNCMON_METRICS_PER_SYNC=unhealthy or none leaves providers without per-sync series:
+    the provider lists come from `syncmon_syncs`, which is always exported."""
+    found = []
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        if "provider" not in variables(dashboard):
+            continue
+        variable = variables(dashboard)["provider"]
+        found.append(path.stem)
+        metric = re.match(r"\w+", LABEL_VALUES.match(variable_query(variable)).group(1))  # type: ignore[union-attr]
+        assert metric is not None and metric.group(0) not in PER_SYNC_METRICS, (
+            f"{path.stem}: $provider comes from a per-sync family: {variable_query(variable)}"
+        )
+        assert variable_query(variable) == "label_values(syncmon_syncs, provider)"
+    assert found == ["syncmon-fleet", "syncmon-sync"]
+
+
+def test_variable_editor_models_run_the_query_they_show() -> None:
+    problems = []
+    for path in DASHBOARDS:
+        for variable in load_dashboard(path)["templating"]["list"]:
+            built = editor_query(variable)
+            query = variable_query(variable)
+            if built is not None and re.sub(r"\s", "", built) != re.sub(r"\s", "", query):
+                problems.append(f"{path.stem} / {variable['name']}: runs {built}, shows {query}")
+            if variable.get("definition") not in (None, query):
+                problems.append(f"{path.stem} / {variable['name']}: definition differs")
+    assert not problems, "\n".join(problems)
+
+
+def urls(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "url" and isinstance(value, str):
+                yield value
+            else:
+                yield from urls(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from urls(item)
+
+
+def test_links_between_dashboards_set_the_variables_they_need() -> None:
+    """A link to a dashboard sets each of its variables that has no `All`, from fields the
+    panel has; else Grafana opens it on the first provider with a sync from another one."""
+    targets = {load_dashboard(p)["uid"]: load_dashboard(p) for p in DASHBOARDS}
+    problems = []
+    checked = 0
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        for panel in iter_panels(dashboard["panels"]):
+            organize = [t for t in panel.get("transformations", []) if t["id"] == "organize"]
+            fields = set(organize[0]["options"].get("indexByName", {})) if organize else None
+            for url in urls(panel):
+                link = re.match(r"^/d/([\w-]+)/[\w-]*\?(.*)$", url)
+                if link is None:
+                    continue
+                checked += 1
+                where = f"{path.stem} / {panel.get('title')!r}: {url}"
+                target = targets.get(link.group(1))
+                if target is None:
+                    problems.append(f"{where}: no dashboard {link.group(1)}")
+                    continue
+                params = dict(p.split("=", 1) for p in link.group(2).split("&") if "=" in p)
+                given = {k.removeprefix("var-"): v for k, v in params.items() if k[:4] == "var-"}
+                needed = {
+                    v["name"]
+                    for v in target["templating"]["list"]
+                    if v.get("type") == "query" and not v.get("includeAll")
+                }
+                if needed - set(given) or set(given) - set(variables(target)):
+                    problems.append(f"{where}: sets {sorted(given)}, needs {sorted(needed)}")
+                for value in given.values():
+                    field = re.fullmatch(r"\$\{__data\.fields\.(\w+)\}", value)
+                    if field and fields is not None and field.group(1) not in fields:
+                        problems.append(f"{where}: no field {field.group(1)} in {sorted(fields)}")
+    assert checked, "no links between dashboards found"
+    assert not problems, "\n".join(problems)
+
+
+def test_checks_over_time_has_a_healthy_row_for_every_check() -> None:
+    """syncmon exports `syncmon_sync_check_status` only for checks that are not healthy, so
+    the panel makes each check's healthy row from the sync's own `syncmon_sync_info`."""
+    dashboard = load_dashboard(DASHBOARD_DIR / "syncmon-sync.json")
+    panel = panel_by_id(dashboard, 11)
+    assert panel["title"] == "Checks over time"
+    (target,) = panel["targets"]
+    expr = target["expr"]
+    assert 'status="healthy"' not in expr, "the exporter never emits a healthy check series"
+    healthy = re.findall(r'"check",\s*"(\w+)",\s*"",\s*""', expr)
+    assert healthy == check_names(), f"healthy rows for {healthy}, the engine has {check_names()}"
+    assert "syncmon_sync_info" in expr
 
 
 def all_dashboard_queries() -> list[tuple[str, str, dict[str, Any]]]:
@@ -557,25 +714,71 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5) -> bool:
     return False
 
 
-def variable_choices(prom: Prometheus, dashboard: dict[str, Any]) -> list[dict[str, str]]:
-    """Values to try for a dashboard's variables: `All` where allowed, else each real value."""
-    fixed: dict[str, str] = {}
-    free: tuple[str, list[str]] | None = None
+def variable_choices(
+    prom: Prometheus, dashboard: dict[str, Any], limit: int = 40
+) -> list[dict[str, str]]:
+    """Values to try for a dashboard's variables, in their order: `All` where allowed, else
+    each real value (of a chained variable, for each value of those before it)."""
+    choices: list[dict[str, str]] = [{}]
     for variable in dashboard["templating"]["list"]:
         if variable.get("type") != "query":
             continue
+        name = variable["name"]
         if variable.get("includeAll") and variable.get("allValue"):
-            fixed[variable["name"]] = variable["allValue"]
+            choices = [{**chosen, name: variable["allValue"]} for chosen in choices]
             continue
         label = LABEL_VALUES.match(variable_query(variable)).group(2)  # type: ignore[union-attr]
-        _, result = prom.query(variable_as_expr(variable))
-        values = sorted(r["metric"][label] for r in result if label in r["metric"])
-        assert free is None, "one variable without `All` per dashboard is supported"
-        free = (variable["name"], values)
-    if free is None:
-        return [fixed]
-    name, values = free
-    return [{**fixed, name: value} for value in values[:40]]
+        expanded = []
+        for chosen in choices:
+            _, result = prom.query(substitute(variable_as_expr(variable), chosen))
+            values = sorted(r["metric"][label] for r in result if label in r["metric"])
+            expanded += [{**chosen, name: value} for value in values]
+        choices = expanded[:limit]
+    return choices
+
+
+def phantom_columns(
+    prom: Prometheus, dashboard: dict[str, Any], values: dict[str, str]
+) -> list[str]:
+    """Columns a table panel declares (organize, byName overrides) that its query never gives.
+
+    An instant table query gives Time, each label of the result, and Value. Panels with other
+    transformations than `organize` (which make columns of their own) and empty results are
+    left out.
+    """
+    problems = []
+    for panel in iter_panels(dashboard["panels"]):
+        transformations = panel.get("transformations", [])
+        if (
+            panel.get("type") != "table"
+            or [t["id"] for t in transformations] != ["organize"]
+            or len(panel["targets"]) != 1
+        ):
+            continue
+        error, result = prom.query(substitute(panel["targets"][0]["expr"], values))
+        if error or not result:
+            continue  # reported as invalid or empty by run_dashboard
+        given = {"Time", "Value"} | {label for r in result for label in r["metric"]}
+        options = transformations[0]["options"]
+        renamed = options.get("renameByName", {})
+        declared = set(options.get("indexByName", {})) | set(renamed)
+        declared |= set(options.get("excludeByName", {}))
+        shown = {renamed.get(c, c) for c in given}
+        overridden = {
+            o["matcher"]["options"]
+            for o in panel.get("fieldConfig", {}).get("overrides", [])
+            if o["matcher"]["id"] == "byName"
+        }
+        where = f"{dashboard['uid']} / {panel.get('title')!r}"
+        problems += [
+            f"{where}: declares column {c!r}; the query gives {sorted(given)}"
+            for c in sorted(declared - given)
+        ]
+        problems += [
+            f"{where}: override for column {c!r}; the table shows {sorted(shown)}"
+            for c in sorted(overridden - shown)
+        ]
+    return problems
 
 
 def run_dashboard(
@@ -666,6 +869,7 @@ def test_dashboard_and_rule_queries_on_a_live_syncmon(
 
             invalid: list[str] = []
             empty: list[str] = []
+            phantom: list[str] = []
             ran = 0
             for path in DASHBOARDS:
                 dashboard = load_dashboard(path)
@@ -680,6 +884,7 @@ def test_dashboard_and_rule_queries_on_a_live_syncmon(
                 assert best is not None
                 invalid += best[0]
                 empty += best[1]
+                phantom += phantom_columns(prom, dashboard, best[2])
                 ran += len(dashboard_queries(dashboard))
                 notes.append(f"{dashboard['uid']}: variables {best[2]}")
             for where, expr in rule_exprs():
@@ -706,4 +911,155 @@ def test_dashboard_and_rule_queries_on_a_live_syncmon(
         problems.append(f"{len(invalid)} invalid queries:\n" + "\n".join(invalid))
     if empty:
         problems.append(f"{len(empty)} dashboard queries returned no data:\n" + "\n".join(empty))
+    if phantom:
+        problems.append("table columns no query gives:\n" + "\n".join(phantom))
     assert not problems, report + "\n\n" + "\n\n".join(problems)
+
+
+# --- written history: a scrape target serving what the test says -------------------------
+
+
+class Exposition:
+    """An HTTP scrape target whose /metrics text the test sets (and changes) at will."""
+
+    def __init__(self) -> None:
+        self.body = ""
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                data = outer.body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Exposition:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Providers: p1 and p2 have per-sync series; p3's syncs are all left out (as with
+# SYNCMON_METRICS_PER_SYNC=unhealthy and a healthy p3), so only syncmon_syncs names it.
+HISTORY_SYNCS = {"calm": "p1", "flaky": "p1", **{f"s{i:02}": "p2" for i in range(12)}}
+
+
+def history_exposition(flaky_failing: bool, success: dict[str, float]) -> str:
+    """syncmon's exposition for HISTORY_SYNCS: `flaky` has its freshness check in error or
+    (recovered) no check series at all, like `calm` always; `success` gives last successes."""
+    lines = []
+    for provider, syncs in (("p1", 2), ("p2", 12), ("p3", 5)):
+        for status in ("healthy", "initializing", "warn", "error", "paused"):
+            count = syncs if status == "healthy" else 0
+            if provider == "p1" and flaky_failing:
+                count = {"healthy": 1, "error": 1}.get(status, 0)
+            lines.append(f'syncmon_syncs{{provider="{provider}",health="{status}"}} {count}')
+    for sync_id, provider in HISTORY_SYNCS.items():
+        base = f'sync_id="{sync_id}",provider="{provider}"'
+        lines.append(
+            f'syncmon_sync_info{{{base},org_id="org-1",name="sync {sync_id}",'
+            'sync_frequency="continuous"} 1'
+        )
+        health = "error" if sync_id == "flaky" and flaky_failing else "healthy"
+        for status in ("healthy", "initializing", "warn", "error", "paused"):
+            state = int(status == health)
+            lines.append(f'syncmon_sync_health_status{{{base},status="{status}"}} {state}')
+        if sync_id in success:
+            lines.append(
+                f"syncmon_sync_last_success_timestamp_seconds{{{base}}} {success[sync_id]}"
+            )
+    if flaky_failing:
+        lines.append(
+            'syncmon_sync_check_status{sync_id="flaky",provider="p1",check="freshness",'
+            'status="error"} 1'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_dashboard_panels_over_a_written_history(tmp_path: Path) -> None:
+    """Phase 1: `flaky`'s freshness check fails; s00 to s09 are the ten stalest syncs.
+    Phase 2: `flaky` recovered (no check series), s00 and s01 succeeded just now.
+    Checks over time must show every check of `calm` healthy throughout, and `flaky`'s
+    freshness error then healthy without a gap; the stalest-syncs panel must draw the ten
+    stalest at the end of the range, not the union of each step's ten."""
+    sync_dashboard = load_dashboard(DASHBOARD_DIR / "syncmon-sync.json")
+    fleet = load_dashboard(DASHBOARD_DIR / "syncmon-fleet.json")
+    now = time.time()
+    success = {f"s{i:02}": now - 10_000 + 100 * i for i in range(12)}
+    success |= {"calm": now - 60, "flaky": now - 60}
+    with Exposition() as target:
+        target.body = history_exposition(True, success)
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": "syncmon", "static_configs": [{"targets": [target.target]}]}
+            ],
+        }
+        with Prometheus(tmp_path, config) as prom:
+            assert wait_for(lambda: prom.value('up{job="syncmon"}') == 1, 30), prom.tail()
+            start = time.time()
+            assert wait_for(lambda: (prom.value("count_over_time(up[1m])") or 0) >= 4, 30)
+            fresh = round(time.time(), 3)
+            target.body = history_exposition(False, success | {"s00": fresh, "s01": fresh})
+            newest = 'syncmon_sync_last_success_timestamp_seconds{sync_id="s00"}'
+            assert wait_for(
+                lambda: (
+                    prom.value("count(syncmon_sync_check_status)") is None
+                    and prom.value(newest) == fresh
+                ),
+                30,
+            )
+            time.sleep(3)  # a few scrapes of phase 2
+            end = time.time()
+
+            # 1. Checks over time: a check without a series is healthy while the sync exists.
+            checks = panel_by_id(sync_dashboard, 11)["targets"][0]["expr"]
+            rows = {}
+            for sync_id in ("calm", "flaky"):
+                result = prom.query_range(substitute(checks, {"sync_id": sync_id}), start, end)
+                rows[sync_id] = {
+                    r["metric"].get("check"): [v for _, v in r["values"]] for r in result
+                }
+                assert sorted(rows[sync_id]) == sorted(check_names()), (sync_id, result)
+            steps = len(rows["calm"]["freshness"])
+            assert steps >= 6
+            for sync_id, by_check in rows.items():
+                for check, values in by_check.items():
+                    assert len(values) == steps, f"{sync_id}/{check} has gaps: {values}"
+                    if (sync_id, check) != ("flaky", "freshness"):
+                        assert set(values) == {"0"}, f"{sync_id}/{check}: {values}"
+            freshness = rows["flaky"]["freshness"]
+            assert freshness[0] == "3" and freshness[-1] == "0", freshness
+            assert set(freshness) == {"3", "0"}, freshness
+
+            # 5. Stalest syncs: the ten stalest at the end of the range, and only them.
+            stalest = panel_by_id(fleet, 15)["targets"][0]["expr"]
+            result = prom.query_range(substitute(stalest, {"provider": ".*"}), start, end)
+            shown = sorted(r["metric"]["sync_id"] for r in result)
+            assert shown == [f"s{i:02}" for i in range(2, 12)], shown
+
+            # 3. The fleet's provider list has p3, whose syncs have no per-sync series.
+            _, result = prom.query(variable_as_expr(variables(fleet)["provider"]))
+            assert sorted(r["metric"]["provider"] for r in result) == ["p1", "p2", "p3"]
+
+            # 4. The sync dashboard lists one provider's syncs.
+            sync_ids = variable_as_expr(variables(sync_dashboard)["sync_id"])
+            _, result = prom.query(substitute(sync_ids, {"provider": "p1"}))
+            assert sorted(r["metric"]["sync_id"] for r in result) == ["calm", "flaky"]
+
+            # 2. Table columns are the ones the queries give.
+            phantom = phantom_columns(prom, fleet, {"provider": ".*"})
+            phantom += phantom_columns(prom, sync_dashboard, {"provider": "p1", "sync_id": "calm"})
+            assert not phantom, "\n".join(phantom)
