@@ -127,6 +127,9 @@ class Processor:
         self.cache = ViewCache(cache_size)
         self.epoch = Epoch(prefix)
         self._epoch: str | None = None  # the dataset the cache was filled from
+        # The fence each partition had after this process's last write: the cache's warrant.
+        # A fence found elsewhere means another process wrote those syncs meanwhile.
+        self._fenced: dict[int, int] = {}
 
     def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
         """Drops what Redis already holds (one round trip) and decodes the rest."""
@@ -153,7 +156,7 @@ class Processor:
             while True:
                 try:
                     pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                    result, views = self._fold_and_queue(pipe, prepared)
+                    result, views, fenced = self._fold_and_queue(pipe, prepared)
                     pipe.execute()
                 except WatchError:
                     log.info("fence moved under a batch of %s; re-reading", self.topic)
@@ -166,6 +169,7 @@ class Processor:
                 except Exception:
                     self.cache.clear()
                     raise
+                self._fenced.update(fenced)
                 for view in views:
                     self.cache.put(view)
                 return result
@@ -203,12 +207,16 @@ class Processor:
 
     def _fold_and_queue(
         self, pipe: Pipeline, prepared: Prepared
-    ) -> tuple[BatchResult, list[SyncView]]:
+    ) -> tuple[BatchResult, list[SyncView], dict[int, int]]:
         parts = sorted(prepared.last_offsets)
         keys = [*self.fences.keys(self.topic, parts), self.epoch.key, self.epoch.hold_key]
         *raw_fences, raw_epoch, held = pipe.mget(keys)  # one round trip for all three
         epoch = self._check_epoch(raw_epoch, held)
         fences = self.fences.parse(parts, raw_fences)
+        if any(fences[p] != self._fenced.get(p) for p in parts):
+            # Written by another process since our last write (a rebalance's successor while
+            # this one stalled, say): views cached here may be older than Redis's.
+            self.cache.clear()
         events = [
             (m, e, _is_provider(e)) for m, e in prepared.events if m.offset > fences[m.partition]
         ]
@@ -265,7 +273,8 @@ class Processor:
                 self.fences.put(pipe, self.topic, partition, offset)
             result.commit_offsets[partition] = offset + 1
         self.counters.add(pipe, counts)
-        return result, written
+        fenced = {p: max(fences[p], o) for p, o in prepared.last_offsets.items()}
+        return result, written, fenced
 
 
 HOLD_WAIT = 0.05  # seconds between looks at a rebuild's switch-over hold
