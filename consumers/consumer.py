@@ -61,6 +61,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owned: set[int], cache: ViewCache) -> None:
         self.owned = owned
         self.cache = cache
+        self.fresh: list[Any] = []  # assigned since the loop last looked: check them first
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.cache.clear()  # another process may write these syncs before we see them again
@@ -71,6 +72,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.cache.clear()
         self.owned.update(tp.partition for tp in assigned)
+        self.fresh.extend(assigned)
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
 
@@ -191,16 +193,19 @@ class SyncConsumer:
         dlq = DeadLetterPublisher(
             make_producer(s.kafka_bootstrap_servers, security), s.kafka_dlq_topic
         )
+        listener = _Listener(self._owned, self.processor.cache)
         try:
-            consumer.subscribe(
-                [s.kafka_topic], listener=_Listener(self._owned, self.processor.cache)
-            )
+            consumer.subscribe([s.kafka_topic], listener=listener)
             self.state.kafka_ok = True
             while not self._stop.is_set():
                 records = consumer.poll(
                     timeout_ms=s.kafka_poll_timeout_ms, max_records=s.kafka_max_batch
                 )
                 self.state.kafka_ok = True
+                if listener.fresh:
+                    behind = self._realign(consumer, listener.fresh)
+                    listener.fresh = []
+                    records = {tp: r for tp, r in records.items() if tp.partition not in behind}
                 messages = [
                     RawMessage(
                         r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or [])
@@ -219,6 +224,55 @@ class SyncConsumer:
             consumer.close(autocommit=False, timeout_ms=5000)
             log.info("consumer closed and left group %s", s.kafka_group_id)
 
+    def _realign(self, consumer: KafkaConsumer, assigned: list[Any]) -> set[int]:
+        """Partitions where Redis holds less than the group committed, sought back to Redis's
+        fence so the missing events are applied (the fences make the replay harmless).
+
+        Offsets are committed only once a batch is in Redis, so this means Redis lost writes
+        it had acknowledged: a failover to a replica that had not received them, or a restore
+        from a backup. A Redis that holds nothing of a partition is a loss for `syncmon
+        rebuild` instead, which replays without serving a half-empty view.
+        """
+        topic = self.settings.kafka_topic
+        parts = [tp.partition for tp in assigned]
+        backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
+        while True:  # as a batch does: wait for Redis rather than guess
+            try:
+                fences = self.processor.fences.get_many(self.redis, topic, parts)
+                break
+            except RedisError as exc:
+                if self._stop.is_set():
+                    raise _Abandoned from exc
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff.delay)
+                backoff.wait()
+        behind: set[int] = set()
+        for tp in assigned:
+            committed = consumer.committed(tp)
+            fence = fences[tp.partition]
+            if committed is None or committed <= fence + 1:
+                continue
+            if fence < 0:
+                log.error(
+                    "Redis holds nothing of partition %d, which the group committed up to %d: "
+                    "if Redis lost its data, run `syncmon rebuild`",
+                    tp.partition,
+                    committed,
+                )
+                continue
+            log.warning(
+                "Redis is behind the group on partition %d (applied up to offset %d, committed "
+                "%d; a failover lost writes?): replaying the %d events in between",
+                tp.partition,
+                fence,
+                committed,
+                committed - fence - 1,
+            )
+            consumer.seek(tp, fence + 1)
+            behind.add(tp.partition)
+        if behind:
+            self.processor.cache.clear()
+        return behind
+
     def _measure_lag(self, consumer: KafkaConsumer) -> None:
         """Highwater (from the last fetch) minus position, for each partition owned now."""
         lag: dict[int, int] = {}
@@ -235,11 +289,14 @@ class SyncConsumer:
         """Writes the batch (retrying until Redis takes it) and then commits its offsets."""
         backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
         started = time.perf_counter()
+        sent: set[tuple[int, int]] = set()  # dead letters the broker took: not again on retry
         while True:
             try:
                 prepared = self.processor.prepare(messages)
-                if prepared.dead:
-                    dlq.publish(prepared.dead)
+                dead = [d for d in prepared.dead if _at(d.message) not in sent]
+                if dead:
+                    dlq.publish(dead)
+                    sent.update(_at(d.message) for d in dead)
                 result = self.processor.write(prepared)
                 self.state.redis_ok = True
                 break
@@ -294,3 +351,7 @@ def _request_timeout_ms(settings: Settings) -> int:
 
 class _Abandoned(Exception):
     """Shutdown arrived while Redis was down: leave without committing."""
+
+
+def _at(message: RawMessage) -> tuple[int, int]:
+    return message.partition, message.offset

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from consumers.consumer import SyncConsumer
 from consumers.decode import RawMessage
 from consumers.dlq import (
     ERROR_HEADER,
@@ -15,6 +19,9 @@ from consumers.dlq import (
     DeadLetterPublisher,
 )
 from consumers.processor import DeadLetter
+from monitor.services import RedisServer
+from tests.eventlib import cloudevent, encode, sync_created
+from tests.support import fast_settings, wait_for
 
 
 def dead(offset: int, value: bytes) -> DeadLetter:
@@ -49,3 +56,53 @@ def test_a_dead_letter_too_large_for_the_dlq_goes_without_its_value(topics: Any)
     assert headers[OMITTED_HEADER] == b"10000 bytes, too large for the DLQ"
     assert headers[ERROR_HEADER] == b"not JSON" and headers["h"] == b"1"
     assert (headers[PARTITION_HEADER], headers[OFFSET_HEADER]) == (b"2", b"8")
+
+
+class Commits:
+    """Stands in for the KafkaConsumer only as far as `_handle` commits through it."""
+
+    def __init__(self) -> None:
+        self.offsets: list[dict[TopicPartition, Any]] = []
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.offsets.append(offsets)
+
+
+def test_a_batch_retried_while_redis_refuses_writes_dead_letters_each_record_once(
+    topics: Any,
+) -> None:
+    """Redis that reads but refuses writes (full at maxmemory, or a read-only replica after a
+    failover) makes the consumer retry the batch; its dead letter was on the DLQ after the
+    first try and must not be sent again on every retry."""
+    server = RedisServer().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        settings = fast_settings(topics, server.url, "dlq-once", retry_max_seconds=0.3)
+        consumer = SyncConsumer(settings, client)
+        good = encode(cloudevent("sync.created", "s1", sync_created("s1")))
+        messages = [
+            RawMessage(topics.lifecycle, 0, 0, good[0], good[1], good[2]),
+            RawMessage(topics.lifecycle, 0, 1, b"s1", b"not json", []),
+        ]
+        producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
+        commits = Commits()
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # every write refused, reads answered
+        handling = threading.Thread(
+            target=consumer._handle,
+            args=(commits, DeadLetterPublisher(producer, topics.dlq), messages),
+        )
+        handling.start()
+        wait_for(lambda: consumer.state.redis_ok is False, 10, what="a refused write")
+        time.sleep(1.5)  # several retries
+        client.config_set("maxmemory", 0)
+        handling.join(timeout=30)
+        producer.close()
+        assert not handling.is_alive()
+        on_dlq = read_all(topics.bootstrap, topics.dlq, topics.partitions, 2)
+        assert [dict(r.headers)[OFFSET_HEADER] for r in on_dlq] == [b"1"]
+        assert [{tp.partition: o.offset for tp, o in c.items()} for c in commits.offsets] == [
+            {0: 2}
+        ]
+    finally:
+        server.stop()
