@@ -74,7 +74,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "<no log>"
 
 
-def _dies_with(parent: int) -> Callable[[], None] | None:
+def dies_with(parent: int) -> Callable[[], None] | None:
     """Makes a service die with this process even when it is killed outright (`kill -9`,
     the OOM killer, a CI timeout): `atexit` cannot run then, and a leaked broker or Redis
     would hold its port and memory until the machine restarts.
@@ -163,7 +163,7 @@ class _Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_dies_with(os.getpid()),
+                preexec_fn=dies_with(os.getpid()),
             )
         _LIVE.add(self)
         deadline = time.monotonic() + self.startup_timeout

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from monitor.services import dies_with
 from monitor.store.counters import EventCounters
 from monitor.store.fences import Fences
 from tests.eventlib import expected_fold, stored_state
@@ -27,6 +28,7 @@ def start_monitor(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with(os.getpid()),  # a killed test run leaves no syncmon behind
     )
 
 

@@ -8,6 +8,7 @@ the package to install; it never skips.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from monitor.services import dies_with
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "prometheus"
@@ -208,6 +211,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=dies_with(os.getpid()),
     )
     try:
         deadline = time.monotonic() + 20

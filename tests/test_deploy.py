@@ -39,7 +39,7 @@ import yaml
 
 from monitor.metrics import PER_SYNC
 from monitor.rules import Thresholds, verdicts
-from monitor.services import free_port
+from monitor.services import dies_with, free_port
 from monitor.views import SyncView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +254,7 @@ class Prometheus:
                     f"--web.listen-address=127.0.0.1:{self.port}",
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=dies_with(os.getpid()),
                 start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -827,7 +828,13 @@ def test_dashboard_and_rule_queries_on_a_live_syncmon(
         ],
     }
     with log.open("wb") as out:
-        syncmon = subprocess.Popen([*SYNCMON, "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        syncmon = subprocess.Popen(
+            [*SYNCMON, "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=dies_with(os.getpid()),
+        )
 
     def ready() -> bool:
         try:
