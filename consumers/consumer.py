@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -20,11 +20,12 @@ from redis.exceptions import RedisError
 from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
 from consumers.kafka import ensure_topics, make_producer
-from consumers.processor import BatchResult, Processor, ViewCache
+from consumers.processor import BatchResult, Prepared, Processor, ViewCache
 from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -235,16 +236,9 @@ class SyncConsumer:
         """
         topic = self.settings.kafka_topic
         parts = [tp.partition for tp in assigned]
-        backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
-        while True:  # as a batch does: wait for Redis rather than guess
-            try:
-                fences = self.processor.fences.get_many(self.redis, topic, parts)
-                break
-            except RedisError as exc:
-                if self._stop.is_set():
-                    raise _Abandoned from exc
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff.delay)
-                backoff.wait()
+        fences = self._until_redis_answers(
+            lambda: self.processor.fences.get_many(self.redis, topic, parts), "reading fences"
+        )
         behind: set[int] = set()
         for tp in assigned:
             committed = consumer.committed(tp)
@@ -287,27 +281,18 @@ class SyncConsumer:
         self, consumer: KafkaConsumer, dlq: DeadLetterPublisher, messages: list[RawMessage]
     ) -> None:
         """Writes the batch (retrying until Redis takes it) and then commits its offsets."""
-        backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
         started = time.perf_counter()
         sent: set[tuple[int, int]] = set()  # dead letters the broker took: not again on retry
-        while True:
-            try:
-                prepared = self.processor.prepare(messages)
-                dead = [d for d in prepared.dead if _at(d.message) not in sent]
-                if dead:
-                    dlq.publish(dead)
-                    sent.update(_at(d.message) for d in dead)
-                result = self.processor.write(prepared)
-                self.state.redis_ok = True
-                break
-            except RedisError as exc:
-                self.state.redis_ok = False
-                self.state.last_error = f"redis: {exc}"
-                if self._stop.is_set():
-                    log.warning("stopping with an unwritten batch; its offsets stay uncommitted")
-                    raise _Abandoned from exc
-                log.warning("redis unavailable (%s); retrying batch in %.1fs", exc, backoff.delay)
-                backoff.wait()
+
+        def attempt() -> tuple[Prepared, BatchResult]:
+            prepared = self.processor.prepare(messages)
+            dead = [d for d in prepared.dead if _at(d.message) not in sent]
+            if dead:
+                dlq.publish(dead)
+                sent.update(_at(d.message) for d in dead)
+            return prepared, self.processor.write(prepared)
+
+        prepared, result = self._until_redis_answers(attempt, "writing a batch")
         self._commit(consumer, result)
         self.state.batches += 1
         self.state.events += len(messages)
@@ -318,6 +303,27 @@ class SyncConsumer:
                 self.metrics.event_age.observe(max(0.0, (now - event.time).total_seconds()))
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _until_redis_answers(self, work: Callable[[], T], doing: str) -> T:
+        """`work()`, retried with backoff while Redis fails it; shutdown abandons it (offsets
+        then stay uncommitted, so nothing is skipped)."""
+        backoff = Backoff(threading.Event(), self.settings.retry_max_seconds)
+        while True:
+            try:
+                done = work()
+            except RedisError as exc:
+                self.state.redis_ok = False
+                self.state.last_error = f"redis: {exc}"
+                if self._stop.is_set():
+                    log.warning("stopping while %s; its offsets stay uncommitted", doing)
+                    raise _Abandoned from exc
+                log.warning(
+                    "redis unavailable (%s); retrying %s in %.1fs", exc, doing, backoff.delay
+                )
+                backoff.wait()
+                continue
+            self.state.redis_ok = True
+            return done
 
     def _commit(self, consumer: KafkaConsumer, result: BatchResult) -> None:
         offsets = {
