@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
+from itertools import combinations
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -141,14 +143,12 @@ class Settings(BaseSettings):
     def _distinct_topics(self) -> Settings:
         """The DLQ or the health topic being the lifecycle topic would feed syncmon its own
         output (a dead letter re-consumed forever)."""
-        topics = ("kafka_topic", "kafka_dlq_topic", "health_topic")
-        for i, one in enumerate(topics):
-            for other in topics[i + 1 :]:
-                if getattr(self, one) == getattr(self, other):
-                    raise ValueError(
-                        f"{ENV_PREFIX}{one.upper()} and {ENV_PREFIX}{other.upper()} are the "
-                        "same topic; they must differ"
-                    )
+        for one, other in combinations(("kafka_topic", "kafka_dlq_topic", "health_topic"), 2):
+            if getattr(self, one) == getattr(self, other):
+                raise ValueError(
+                    f"{ENV_PREFIX}{one.upper()} and {ENV_PREFIX}{other.upper()} are the "
+                    "same topic; they must differ"
+                )
         return self
 
     @model_validator(mode="after")
@@ -196,14 +196,13 @@ class Settings(BaseSettings):
     def thresholds(self) -> ThresholdBook:
         """Health thresholds: the global ones and each provider's overrides."""
         names = Thresholds.model_fields
-        for warn, error in Thresholds.ORDERED:
-            low, high = getattr(self, f"health_{warn}"), getattr(self, f"health_{error}")
-            if low > high:
-                raise ValueError(
-                    f"{ENV_PREFIX}HEALTH_{warn.upper()} ({low}) is above "
-                    f"{ENV_PREFIX}HEALTH_{error.upper()} ({high}); it must not be"
-                )
-        base = Thresholds(**{n: getattr(self, f"health_{n}") for n in names})
+        try:
+            base = Thresholds(**{n: getattr(self, f"health_{n}") for n in names})
+        except ValidationError as exc:  # fields are valid alone: what is left is how they pair
+            message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(  # named as the variables that set them
+                re.sub(r"\b[a-z_]+\b", lambda m: _env_name(m.group(), names), message)
+            ) from None
         per_provider = {}
         for provider, overrides in self.health_provider_overrides.items():
             unknown = set(overrides) - set(names)
@@ -235,6 +234,10 @@ class Settings(BaseSettings):
                 if value is not None:
                     options[f"ssl_{name}"] = value
         return options
+
+
+def _env_name(word: str, thresholds: Iterable[str]) -> str:
+    return f"{ENV_PREFIX}HEALTH_{word.upper()}" if word in thresholds else word
 
 
 def redis_client(settings: Settings) -> redis.Redis:
