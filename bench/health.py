@@ -464,7 +464,7 @@ def profile_rows(stats: pstats.Stats) -> list[tuple[str, float]]:
         ("pydantic validate (C, own time: view + health parsing)", own_c(stats, "validate_")),
         ("pydantic to_json / model_dump_json (C, own time)", own_c(stats, "to_json")),
         ("pydantic_core.from_json (C, own time)", own_c(stats, "from_json")),
-        ("zlib decompress of stored views (C, own time)", own_c(stats, "decompress")),
+        ("zstd/zlib decompress of stored views (C, own time)", own_c(stats, "decompress")),
         ("socket recv/send (C, own time)", own_c(stats, "recv") + own_c(stats, "send")),
     ]
     return rows

@@ -8,8 +8,8 @@ every event of the log, in log order, in this one process:
 - decode: `consumers.decode.decode` of each message (structured and binary mode);
 - fold: `monitor.fold.step` of each decoded event onto the view it left (a dict of views);
 - facts JSON: the facts part of the view after each event, as `SyncViews.put_many` dumps it;
-- deflate: `codec.pack` of that JSON, as `put_many` stores it;
-- seed JSON + deflate: only for events that changed the seed part (as `put_many` does);
+- compress: `codec.pack` of that JSON, as `put_many` stores it;
+- seed JSON + compress: only for events that changed the seed part (as `put_many` does);
 - index entries: `indexes.entries` of the view before and after (the filter-index diff).
 
 The baseline (`json.loads` + one pipelined HSET per event) runs on a private redis-server,
@@ -45,11 +45,18 @@ from monitor.views import SyncView
 NAME = "parts"
 TABLE_ROW = (
     "| parts | `.venv/bin/python bench/parts.py [--events 200000 --syncs 10000]` | the core's "
-    "per-event cost part by part (decode, fold, facts JSON, deflate, index entries) without "
+    "per-event cost part by part (decode, fold, facts JSON, compress, index entries) without "
     "Redis, on bench/core.py's log, against the per-event budget a core/baseline ratio of "
     "0.35 leaves (baseline timed on a private redis-server) |"
 )
-PARTS = ("decode", "fold", "facts JSON", "deflate (facts)", "seed JSON + deflate", "index entries")
+PARTS = (
+    "decode",
+    "fold",
+    "facts JSON",
+    "compress (facts)",
+    "seed JSON + compress",
+    "index entries",
+)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -102,8 +109,8 @@ def writes_all(events: Sequence[tuple[RawMessage, Envelope]]) -> dict[str, float
         entries(new)
         t4 = clock()
         spent["facts JSON"] += t1 - t0
-        spent["deflate (facts)"] += t2 - t1
-        spent["seed JSON + deflate"] += t3 - t2
+        spent["compress (facts)"] += t2 - t1
+        spent["seed JSON + compress"] += t3 - t2
         spent["index entries"] += t4 - t3
     return spent
 
