@@ -33,6 +33,19 @@ def configure_logging(level: str) -> None:
     quiet = max(logging.WARNING, logging.getLevelName(level))
     for noisy in ("kafka", "apscheduler"):  # a line per fetch or per tick says nothing useful
         logging.getLogger(noisy).setLevel(quiet)
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, ClosedSocketRead) for f in transport.filters):
+        transport.addFilter(ClosedSocketRead())
+
+
+class ClosedSocketRead(logging.Filter):
+    """Drops kafka-python 3.0's traceback when its IO loop reads a socket that `close()` has
+    already dropped (`'NoneType' object has no attribute 'recv'`): a race inside the client
+    while it shuts down, harmless, that would otherwise end a clean SIGTERM with an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, AttributeError) and "'recv'" in str(error))
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -121,3 +122,23 @@ def test_run_before_kafka_is_up_waits_then_consumes(redis_url: str, tmp_path: Pa
         if broker is not None:
             broker.stop()
     assert code == 0, log.read_text()[-2000:]
+
+
+def test_kafka_reading_a_socket_it_closed_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kafka-python's IO loop can read a socket its close() already dropped; a SIGTERM then
+    ended with an ERROR and a traceback (seen in test_workers). The run's logging drops that
+    record, and only that one."""
+    from kafka.net.transport import KafkaTCPTransport
+
+    from monitor.cli import configure_logging
+
+    configure_logging("INFO")
+    transport = KafkaTCPTransport(None, None)  # the state close() leaves: no socket
+    transport._closed = True
+    with caplog.at_level(logging.INFO):
+        data, error = transport._sock_recv()
+        logging.getLogger("kafka.net.transport").error("a real problem", exc_info=ValueError("x"))
+    assert data == b"" and error is not None  # the client still sees the failure it handles
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]
