@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
     for name, docs in (("facts", facts), ("seed", seeds)):
         trained = zstandard.train_dictionary(SIZE, docs, level=3, threads=1)
         path = OUT / f"{name}-{tag}.zdict"
-        path.write_bytes(trained.as_bytes())
+        with path.open("xb") as out:  # a published dictionary is never overwritten
+            out.write(trained.as_bytes())
         print(f"{path}: {len(trained.as_bytes())} B from {len(docs)} documents")
     return 0
 

@@ -134,11 +134,18 @@ def test_kafka_reading_a_socket_it_closed_logs_no_traceback(
 
     from monitor.cli import configure_logging
 
-    configure_logging("INFO")
-    transport = KafkaTCPTransport(None, None)  # the state close() leaves: no socket
-    transport._closed = True
-    with caplog.at_level(logging.INFO):
-        data, error = transport._sock_recv()
-        logging.getLogger("kafka.net.transport").error("a real problem", exc_info=ValueError("x"))
+    touched = [logging.getLogger(n) for n in ("kafka", "apscheduler", "kafka.net.transport")]
+    saved = [(logger, logger.level, list(logger.filters)) for logger in touched]
+    try:
+        configure_logging("INFO")
+        transport = KafkaTCPTransport(None, None)  # the state close() leaves: no socket
+        transport._closed = True
+        with caplog.at_level(logging.INFO):
+            data, error = transport._sock_recv()
+            logging.getLogger("kafka.net.transport").error("a real problem", exc_info=ValueError())
+    finally:  # later tests in this process capture kafka's records at their own levels
+        for logger, level, filters in saved:
+            logger.setLevel(level)
+            logger.filters[:] = filters
     assert data == b"" and error is not None  # the client still sees the failure it handles
     assert [r.getMessage() for r in caplog.records] == ["a real problem"]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
 
 from monitor.store import codec
 from monitor.store.codec import (
+    DEFLATE_DICTIONARIES,
     DEFLATED_FACTS,
     DEFLATED_SEED,
     FACTS,
@@ -124,3 +127,34 @@ def test_the_built_package_ships_the_dictionaries(tmp_path: Path) -> None:
     for name in ZSTD_DICTIONARIES.values():
         assert f"monitor/store/dictionaries/{name}" in names
     assert codec.__name__ == "monitor.store.codec"
+
+
+def _zstd_run_length_frame(size: int) -> bytes:
+    """A valid zstd frame of `size` spaces in 128 KiB run-length blocks: 4 bytes per block."""
+    block = 128 * 1024
+    frame = struct.pack("<I", 0xFD2FB528) + bytes([(3 << 6) | (1 << 5)]) + struct.pack("<Q", size)
+    count = size // block
+    for i in range(count):
+        header = (1 if i == count - 1 else 0) | (1 << 1) | (block << 3)
+        frame += header.to_bytes(3, "little") + b" "
+    return frame
+
+
+def test_a_value_that_would_inflate_past_the_limit_is_refused() -> None:
+    """A damaged or planted value must not make every reader allocate a GiB (zstd can expand
+    32 KiB to 1 GiB): unpack refuses it from the size its frame declares."""
+    stored = FACTS + _zstd_run_length_frame(1 << 30)
+    assert len(stored) < 40_000
+    with pytest.raises(ValueError, match="inflates past"):
+        unpack(stored)
+    fits = FACTS + _zstd_run_length_frame(1 << 20)
+    assert unpack(fits) == b" " * (1 << 20)
+
+
+def test_a_deflated_value_that_would_inflate_past_the_limit_is_refused() -> None:
+    deflater = zlib.compressobj(
+        9, zlib.DEFLATED, -12, 4, zdict=DEFLATE_DICTIONARIES[DEFLATED_FACTS]
+    )
+    body = deflater.compress(b" " * (codec.MAX_DOCUMENT + 1)) + deflater.flush()
+    with pytest.raises(ValueError, match="inflates past"):
+        unpack(DEFLATED_FACTS + body)

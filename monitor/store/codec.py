@@ -61,6 +61,7 @@ _DIRECTORY = Path(__file__).with_name("dictionaries")
 ZSTD_DICTIONARIES: dict[bytes, str] = {b"\x04": "facts-4.zdict", b"\x05": "seed-4.zdict"}
 _ZSTD_LEVEL = 3  # level 1 stores 5% more for no measurable gain in time here
 
+MAX_DOCUMENT = 16 << 20  # bytes: a view is a few KiB (an event at most 1 MiB); past it, bad
 SEED, FACTS = b"\x05", b"\x04"  # what values are written with now
 DEFLATED_SEED, DEFLATED_FACTS = b"\x01", b"\x03"
 OLD_FACTS = b"\x02"  # facts of the earlier split: the seed part held more (see store.syncs)
@@ -82,7 +83,7 @@ class _Codecs(threading.local):
     def __init__(self) -> None:
         self.compress = {
             tag: zstandard.ZstdCompressor(
-                dict_data=d, write_checksum=False, write_dict_id=False
+                level=_ZSTD_LEVEL, dict_data=d, write_checksum=False, write_dict_id=False
             ).compress
             for tag, d in _ZSTD.items()
         }
@@ -104,11 +105,18 @@ def pack(tag: bytes, document: bytes | str) -> bytes:
 
 
 def unpack(stored: bytes) -> bytes:
-    """The JSON document back, however it was stored."""
+    """The JSON document back, however it was stored; ValueError for one that would inflate
+    past MAX_DOCUMENT (a damaged or planted value: zstd can expand 32 KiB to 1 GiB)."""
     tag = stored[:1]
     if tag in _ZSTD:
-        return _local.decompress[tag](stored[1:])
+        body = stored[1:]
+        if zstandard.frame_content_size(body) > MAX_DOCUMENT:  # the size its header declares
+            raise ValueError(f"stored value inflates past {MAX_DOCUMENT} bytes")
+        return _local.decompress[tag](body)
     if tag not in DEFLATE_DICTIONARIES:
         return stored
     inflater = zlib.decompressobj(_WBITS, zdict=DEFLATE_DICTIONARIES[tag])
-    return inflater.decompress(stored[1:]) + inflater.flush()
+    document = inflater.decompress(stored[1:], MAX_DOCUMENT + 1)
+    if len(document) > MAX_DOCUMENT:
+        raise ValueError(f"stored value inflates past {MAX_DOCUMENT} bytes")
+    return document + inflater.flush()

@@ -2,7 +2,7 @@
 
 The seed part holds what only the API shows (credential, metadata, rate limit): it changes
 rarely, so the hot path seldom rewrites it. The facts hold everything health reads, so a
-health sweep reads and inflates one small value per sync, not both.
+health sweep reads and decompresses one small value per sync, not both.
 
 Facts packed with the `OLD_FACTS` tag come from the earlier split, when the seed part also
 held the sync's name, provider, status and times: for those the seed is read too.
