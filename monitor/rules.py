@@ -306,5 +306,6 @@ def rule_verdicts(
 def checks(
     view: SyncView, now: datetime, thresholds: Thresholds, incidents: Sequence[Incident] = ()
 ) -> tuple[Check, ...]:
-    """Every rule's check with its message (what the API shows)."""
+    """Every rule's check with its message, whatever the sync's status (the API shows
+    `health.current_checks`: `paused` alone for a disabled sync)."""
     return tuple(v.check() for v in verdicts(view, now, thresholds, incidents))
