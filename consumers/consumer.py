@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
 from consumers.kafka import ensure_topics, make_producer
-from consumers.processor import BatchResult, Prepared, Processor, ViewCache
+from consumers.processor import BatchResult, FenceBehind, Prepared, Processor, ViewCache
 from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings
 
@@ -267,6 +267,37 @@ class SyncConsumer:
             self.processor.cache.clear()
         return behind
 
+    def _rewind(
+        self, consumer: KafkaConsumer, messages: list[RawMessage], fences: dict[int, int]
+    ) -> None:
+        """Redis lost writes while this process ran (no rebalance to trigger `_realign`):
+        nothing of the batch was written; its partitions are read again, those Redis lost
+        from its fence on, so the lost events are applied before anything newer."""
+        first: dict[int, int] = {}
+        for m in messages:
+            first[m.partition] = min(m.offset, first.get(m.partition, m.offset))
+        topic = self.settings.kafka_topic
+        for partition, start in sorted(first.items()):
+            fence = fences.get(partition)
+            if fence is not None and fence < 0:
+                log.error(
+                    "Redis lost everything of partition %d while this process was writing it: "
+                    "if Redis lost its data, run `syncmon rebuild`",
+                    partition,
+                )
+            elif fence is not None and fence + 1 < start:
+                log.warning(
+                    "Redis lost writes on partition %d while this process ran (it holds offsets "
+                    "up to %d, this batch starts at %d; a failover?): replaying the %d events "
+                    "in between",
+                    partition,
+                    fence,
+                    start,
+                    start - fence - 1,
+                )
+                start = fence + 1
+            consumer.seek(TopicPartition(topic, partition), start)
+
     def _measure_lag(self, consumer: KafkaConsumer) -> None:
         """Highwater (from the last fetch) minus position, for each partition owned now."""
         lag: dict[int, int] = {}
@@ -292,7 +323,11 @@ class SyncConsumer:
                 sent.update(_at(d.message) for d in dead)
             return prepared, self.processor.write(prepared)
 
-        prepared, result = self._until_redis_answers(attempt, "writing a batch")
+        try:
+            prepared, result = self._until_redis_answers(attempt, "writing a batch")
+        except FenceBehind as behind:
+            self._rewind(consumer, messages, behind.fences)
+            return
         self._commit(consumer, result)
         self.state.batches += 1
         self.state.events += len(messages)

@@ -67,6 +67,16 @@ class BatchResult:
     commit_offsets: dict[int, int] = field(default_factory=dict)
 
 
+class FenceBehind(Exception):
+    """Redis holds less of these partitions than this process wrote: it lost acknowledged
+    writes (a failover to a replica that missed them, a restore), so the batch must wait
+    until the events in between are replayed. Maps each partition to Redis's fence."""
+
+    def __init__(self, fences: dict[int, int]) -> None:
+        super().__init__(f"Redis is behind this process's writes on partitions {sorted(fences)}")
+        self.fences = fences
+
+
 class ViewCache:
     """Views this process wrote last, so a hot sync is not re-read and re-parsed every batch.
 
@@ -213,6 +223,12 @@ class Processor:
         *raw_fences, raw_epoch, held = pipe.mget(keys)  # one round trip for all three
         epoch = self._check_epoch(raw_epoch, held)
         fences = self.fences.parse(parts, raw_fences)
+        lost = {p: fences[p] for p in parts if fences[p] < self._fenced.get(p, -1)}
+        if lost:
+            # Folding on would bury the lost events under a newer fence: nothing would ever
+            # replay them. Redis's fences become the warrant; the consumer seeks back to them.
+            self._fenced.update(lost)
+            raise FenceBehind(lost)
         if any(fences[p] != self._fenced.get(p) for p in parts):
             # Written by another process since our last write (a rebalance's successor while
             # this one stalled, say): views cached here may be older than Redis's.

@@ -114,3 +114,47 @@ def test_redis_rolled_back_behind_the_committed_offsets_is_caught_up_by_replay(
     stored_views, stored_counts = stored_state(own_redis.url, "rollback", list(expected_views))
     assert stored_counts == expected_counts
     assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
+
+
+def test_redis_rolled_back_under_a_running_consumer_is_caught_up_by_replay(
+    topics: Any, own_redis: RedisServer
+) -> None:
+    """The same loss while the consumer runs on, with no rebalance to trigger a realignment:
+    its next batch finds Redis's fence behind its own writes, seeks back, and replays."""
+    wire = history(
+        syncs=20, events=900, seed=19, start=datetime(2026, 4, 3, tzinfo=UTC), step_seconds=5
+    )
+    records = [(m.key, m.value, m.headers) for m in wire]
+    settings = fast_settings(topics, own_redis.url, "rollrun", kafka_max_batch=100)
+    probe = redis.Redis.from_url(own_redis.url, socket_timeout=2)
+
+    def counted() -> int:
+        return sum(EventCounters("rollrun").read(probe).values())
+
+    def wait_counted(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while counted() < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counted() == n
+
+    with TestClient(create_app(settings)):
+        produced = produce_records(topics.bootstrap, topics.lifecycle, records[:400])
+        wait_counted(400)
+        snapshot = [(key, probe.pttl(key), probe.dump(key)) for key in probe.keys("*")]
+        produced += produce_records(topics.bootstrap, topics.lifecycle, records[400:800])
+        wait_counted(800)
+        with probe.pipeline(transaction=True) as pipe:  # the failover, in one step
+            pipe.flushdb()
+            for key, ttl, dumped in snapshot:
+                if dumped is not None:
+                    pipe.restore(key, max(ttl, 0), dumped, replace=True)
+            pipe.execute()
+        assert counted() == 400
+        produced += produce_records(topics.bootstrap, topics.lifecycle, records[800:])
+        wait_counted(900)
+        time.sleep(1)  # nothing more arrives
+        assert counted() == 900
+    expected_views, expected_counts = expected_fold(produced)
+    stored_views, stored_counts = stored_state(own_redis.url, "rollrun", list(expected_views))
+    assert stored_counts == expected_counts
+    assert [k for k, v in expected_views.items() if stored_views[k] != v] == []

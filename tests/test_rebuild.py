@@ -18,7 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from consumers.decode import RawMessage
-from consumers.processor import Processor
+from consumers.processor import FenceBehind, Processor
 from consumers.rebuild import Progress, Rebuild, RebuildError, progress_line
 from monitor.app import create_app
 from monitor.enums import HealthStatus
@@ -284,6 +284,8 @@ def test_a_writer_waits_out_the_hold_and_drops_its_cache_when_the_dataset_change
     assert len(processor.cache) == 1  # dropped, then refilled from Redis with the new write
 
     client.flushdb()  # Redis lost everything: the cached view must not be written back
+    with pytest.raises(FenceBehind):  # the consumer reports the loss and reads the batch again
+        processor.process([raw(3, encode(events[3]))])
     processor.process([raw(3, encode(events[3]))])
     view = SyncViews(PREFIX).get_many(client, ["sync-a"])[0]
     assert view is not None and not view.known  # folded onto nothing, not onto the cache
