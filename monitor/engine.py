@@ -1,7 +1,8 @@
 """The health engine: evaluates syncs, stores health and queues each status change exactly once.
 
-Every write is queued in one transaction that WATCHes the health keys it read, so two
-evaluators racing on one sync (a rebalance, a tick beside a batch) record one change.
+Every write is queued in one transaction that WATCHes the health and view keys it read, so
+two evaluators racing on one sync (a rebalance, a tick beside a batch) record one change, and
+a batch's "evaluate now" is never overwritten by a deadline judged from the view before it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from monitor.health import (
 from monitor.store.base import Client, text
 from monitor.store.due import DueIndex
 from monitor.store.epoch import Epoch
+from monitor.store.fanout import FanoutRequests
 from monitor.store.health import HealthViews, Stored, SyncRow
 from monitor.store.indexes import Indexes
 from monitor.store.outbox import Outbox
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
 CHUNK = 250  # WATCH costs Redis O(keys watched) per key: larger chunks cost more per sync
-FANOUT_TEMPLATE = "{prefix}:fanout"
+TRIES = 3  # WATCHes a chunk may lose before it is halved
 # (sync ids, the due partition each was found in) -> syncs evaluated: `evaluate_ids` elsewhere
 Evaluate = Callable[[list[str], dict[str, int]], int]
 _VALUES = {s: s.value for s in HealthStatus}  # `.value` is a slow descriptor on a hot path
@@ -183,7 +185,7 @@ class HealthEngine:
         self.indexes = Indexes(prefix)
         self.due = DueIndex(prefix)
         self.outbox = Outbox(prefix)
-        self.fanout_key = FANOUT_TEMPLATE.format(prefix=prefix)
+        self.fanout = FanoutRequests(prefix)
         self.epoch_key = Epoch(prefix).key
         self._due_keys: dict[int | None, str] = {}
 
@@ -205,16 +207,18 @@ class HealthEngine:
     def forget(
         self, pipe: Client, sync_id: str, provider: str | None, partition: int | None
     ) -> None:
-        """A deleted sync leaves no health, index entry or deadline behind."""
+        """A deleted sync leaves no health, index entry or deadline behind: its index entry
+        goes under the provider stored with its health too (the view's may have changed since;
+        a batch cannot read that provider inside its MULTI, so Redis does)."""
+        self.healths.delete_indexed(pipe, sync_id, self.indexes.health_key)
         writes = Writes()
         self._forget(writes, sync_id, provider, partition)
         writes.queue(pipe, self.outbox)
 
     def request_fanout(self, pipe: Client, providers: Iterable[str]) -> None:
-        """Durably asks for a provider's syncs to be re-evaluated (incident opened or closed)."""
-        names = list(providers)
-        if names:
-            pipe.sadd(self.fanout_key, *names)
+        """Durably asks for a provider's syncs to be re-evaluated (incident opened or closed);
+        counted, so a fan-out running meanwhile cannot take this request for the one it serves."""
+        self.fanout.request(pipe, providers)
 
     def _stage(
         self,
@@ -299,31 +303,40 @@ class HealthEngine:
         return (evaluate or self._here(client))(list(found_in), found_in)
 
     def fan_out(self, client: Redis, evaluate: Evaluate | None = None) -> int:
-        """Drains the provider fan-out requests; a request is removed only once served."""
+        """Serves the provider fan-out requests; one is removed only once served and only if
+        no other came meanwhile (that one is served at the next tick, which it woke)."""
         done = 0
         run = evaluate or self._here(client)
-        for raw in client.smembers(self.fanout_key):
-            name = text(raw)
+        for name, count in self.fanout.pending(client).items():
             done += run(self.indexes.members(client, "provider", name), {})
-            client.srem(self.fanout_key, name)
+            self.fanout.served(client, name, count)
         return done
 
     def _here(self, client: Redis) -> Evaluate:
         return lambda ids, found_in: self.evaluate_ids(client, ids, found_in)
 
     def _evaluate_chunk(self, client: Redis, ids: list[str], found_in: dict[str, int]) -> int:
+        """A chunk that keeps losing its WATCH to batches is halved: a busy partition must not
+        starve it, and a smaller chunk is read and written in less time."""
         with client.pipeline(transaction=True) as pipe:
-            while True:
+            lost = 0
+            while lost < TRIES or len(ids) == 1:
                 try:
                     return self._stage_chunk(pipe, ids, found_in)
                 except WatchError:
-                    log.debug("health of %d syncs changed under a sweep; re-reading", len(ids))
+                    lost += 1
+                    log.debug("%d syncs changed under a sweep; re-reading", len(ids))
+        half = len(ids) // 2
+        return self._evaluate_chunk(client, ids[:half], found_in) + self._evaluate_chunk(
+            client, ids[half:], found_in
+        )
 
     def _stage_chunk(self, pipe: Pipeline, ids: list[str], found_in: dict[str, int]) -> int:
-        health_keys = self.healths.keys(ids)
-        # the epoch too: a rebuild's SWAPDB between our read and EXEC must void the write
-        pipe.watch(*health_keys, self.epoch_key)  # type: ignore[no-untyped-call]
-        raw = pipe.mget(self.syncs.facts_keys(ids) + health_keys)
+        facts_keys, health_keys = self.syncs.facts_keys(ids), self.healths.keys(ids)
+        # The facts too: a batch that changes a view marks it due now, which our deadline
+        # must not overwrite with one judged from the old view. The epoch: a rebuild's SWAPDB.
+        pipe.watch(*facts_keys, *health_keys, self.epoch_key)  # type: ignore[no-untyped-call]
+        raw = pipe.mget(facts_keys + health_keys)
         views = self.syncs.parse_fields(ids, raw[: len(ids)], VIEW_FIELDS, pipe.mget)
         raw_healths = raw[len(ids) :]
         healths = [self.healths.parse_last(r) for r in raw_healths]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pydantic_core
@@ -14,6 +15,18 @@ from monitor.views import trusted
 
 TEMPLATE = "{prefix}:health:{id}"
 NOT_STORED = {"checks", "credential", "provider", "sync_id"}
+# Deletes a stored health (KEYS[1]) and removes the sync (ARGV[1]) from the health index under
+# the provider stored with it: each ARGV pair after the first is an index key around the provider.
+DELETE_INDEXED = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+redis.call('DEL', KEYS[1])
+local ok, stored = pcall(cjson.decode, raw)
+local row = ok and type(stored) == 'table' and stored.m
+local p = type(row) == 'table' and type(row.p) == 'string' and row.p or ''
+for i = 2, #ARGV, 2 do redis.call('SREM', ARGV[i] .. p .. ARGV[i + 1], ARGV[1]) end
+return 1
+"""
 
 
 class SyncRow(BaseModel):
@@ -123,6 +136,17 @@ class HealthViews:
 
     def delete(self, pipe: Client, sync_id: str) -> None:
         pipe.delete(self.key(sync_id))
+
+    def delete_indexed(
+        self, pipe: Client, sync_id: str, index_key: Callable[[str, str], str]
+    ) -> None:
+        """Deletes the health and its index entry (`index_key(provider, status)`) under the
+        provider stored with it, read by Redis: a caller's MULTI cannot read it first."""
+        around: list[str] = []
+        for status in HealthStatus:
+            before, after = index_key("\0", status.value).split("\0")
+            around += (before, after)
+        pipe.eval(DELETE_INDEXED, 1, self.key(sync_id), sync_id, *around)
 
 
 # The stored fields alone, in StoredHealth's order: what `dump` serializes with no `exclude`.
