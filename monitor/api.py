@@ -13,14 +13,12 @@ from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 from redis import Redis
-from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitor.apierrors import ApiError, error_response, install_error_handlers, strict_query
 from monitor.engine import incidents_of
 from monitor.enums import HealthStatus, SyncStatus
 from monitor.events import MAX_ID_LENGTH
@@ -59,45 +57,6 @@ class Runtime:
         self.indexes = Indexes(prefix)
         self.providers = ProviderViews(prefix)
         self.thresholds = self.settings.thresholds()
-
-
-class ApiError(Exception):
-    """Raised by routes; rendered as `{"error": {"code", "message"}}`."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error, ours or the framework's, has the same JSON shape."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'query')}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        return _error(400, "invalid_request", "; ".join(parts))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail))
-
-    @app.exception_handler(RedisError)
-    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
-        return _error(503, "store_unavailable", "the view store (Redis) is not answering")
 
 
 def runtime(request: Request) -> Runtime:
@@ -292,13 +251,16 @@ def build_router(settings: Settings) -> APIRouter:
             description="`Authorization: Bearer <token>`, one of SYNCMON_API_TOKENS.",
         )
         security.append(Security(bearer))  # documents the scheme; require_token checks it
-    router = APIRouter(prefix="/v1", dependencies=security)
+    # After the token check: an anonymous caller gets a 401 whatever the query says.
+    router = APIRouter(prefix="/v1", dependencies=[*security, Depends(strict_query)])
     auth: Responses = _errors(e401="no valid bearer token") if guarded else {}
     down = _errors(e503="the view store (Redis) is not answering")
     missing = _errors(e404="no sync with this id")
-    invalid = _errors(e400="a query parameter is not valid")
+    invalid = _errors(e400="a query parameter is unknown, repeated or not valid")
 
-    @router.get("/syncs/{sync_id}", response_model=SyncOut, responses={**missing, **auth, **down})
+    @router.get(
+        "/syncs/{sync_id}", response_model=SyncOut, responses={**invalid, **missing, **auth, **down}
+    )
     def get_sync(sync_id: str, request: Request, rt: RT) -> Any:
         """One sync, shaped as the seed's sync object."""
         return _answer(request, rt, expect_health=False)
@@ -306,7 +268,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get(
         "/syncs/{sync_id}/health",
         response_model=HealthDetail,
-        responses={**missing, **auth, **down},
+        responses={**invalid, **missing, **auth, **down},
     )
     def get_sync_health(sync_id: str, request: Request, rt: RT) -> Any:
         """The sync's stored status and history, with every check as of now."""
@@ -317,7 +279,7 @@ def build_router(settings: Settings) -> APIRouter:
         """Ids holding an encoded slash, which the two routes above cannot match."""
         return _answer(request, rt, expect_health=None)
 
-    @router.get("/summary", response_model=Summary, responses={**auth, **down})
+    @router.get("/summary", response_model=Summary, responses={**invalid, **auth, **down})
     def get_summary(rt: RT) -> Summary:
         """Counts by health status, overall and per provider, from the indexes alone."""
         return summary(rt)
@@ -367,7 +329,7 @@ def basic_auth_ok(request: Request, expected: str) -> bool:
 
 
 def metrics_unauthorized() -> JSONResponse:
-    return _error(
+    return error_response(
         401,
         "unauthorized",
         "basic auth (SYNCMON_METRICS_BASIC_AUTH) is required",

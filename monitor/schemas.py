@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -123,6 +126,23 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+def query_problems(given: Iterable[tuple[str, str]], accepted: Sequence[str]) -> list[str]:
+    """Names a route does not take, and names given twice: ignored, `?health=error` (for
+    `health.status`) would answer with the whole fleet, and of two values one would be dropped."""
+    problems, unknown = [], False
+    for name, times in Counter(name for name, _ in given).items():
+        if name not in accepted:
+            close = difflib.get_close_matches(name.lower(), accepted, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{name[:100]}: not a parameter of this endpoint{hint}")
+            unknown = True
+        elif times > 1:
+            problems.append(f"{name}: given {times} times (it takes one value)")
+    if unknown:
+        problems = [*problems[:10], f"accepted: {', '.join(accepted) or 'none'}"]
+    return problems[:11]
 
 
 def sync_out(view: SyncView, health: Health) -> SyncOut:
