@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import json
+import logging
+import os
 import re
 from collections.abc import Iterable
 from itertools import combinations
@@ -15,6 +19,8 @@ from pydantic import Field, StringConstraints, ValidationError, field_validator,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from monitor.health import ThresholdBook, Thresholds
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "SYNCMON_"
 # Topics, group and brokers: surrounding blanks dropped, nothing left is an error.
@@ -112,6 +118,28 @@ class Settings(BaseSettings):
                 return json.loads(value)
             except ValueError as exc:  # its message gives the position, never the value
                 raise ValueError(f"not valid JSON: {exc}") from None
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        """Checked as kafka-python will split it, so a typo stops start-up instead of crashing
+        the consumer over and over with an error that does not name the variable."""
+        for entry in value.split(","):
+            entry = entry.strip()
+            why = _broker_error(entry) if entry else "an empty entry (a comma too many)"
+            if why:
+                raise ValueError(f"{entry!r}: {why}" if entry else why)
+        return value
+
+    @field_validator("http_host")
+    @classmethod
+    def _http_host(cls, value: str) -> str:
+        """Syntax only (no DNS lookup): what uvicorn would fail to bind is caught here."""
+        if value.startswith("["):
+            raise ValueError("an IPv6 address goes without brackets here, such as ::1")
+        if not _is_host(value):
+            raise ValueError(f"{value!r} is not a host name or IP address (0.0.0.0 is all)")
         return value
 
     @field_validator("redis_url")
@@ -236,6 +264,49 @@ class Settings(BaseSettings):
         return options
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # `_`: compose service names have it
+_PORT = "the port must be a number from 1 to 65535"
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or dot-separated labels of letters, digits, `-` and `_` (the last one not
+    all digits: `999.1.1.1` is a bad address, not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        named = all(_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+        return len(host) <= 253 and named
+    return True
+
+
+def _broker_error(entry: str) -> str | None:
+    """Why one bootstrap entry (`host`, `host:port` or `[ipv6]:port`) is unusable, if it is."""
+    address = re.sub(r"^[A-Za-z_]+://", "", entry)  # kafka-python drops a protocol prefix
+    port: str | None = None
+    if address.startswith("["):
+        host, bracket, rest = address[1:].partition("]")
+        if not bracket:
+            return "IPv6 addresses go in brackets: [::1]:9092"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "not an IPv6 address"
+        if rest and not rest.startswith(":"):
+            return _PORT
+        port = rest[1:] if rest else None
+    elif address.count(":") > 1:
+        return "more than one ':'; IPv6 addresses go in brackets: [::1]:9092"
+    else:
+        host, colon, rest = address.partition(":")
+        if not _is_host(host):
+            return "not a host name or IP address"
+        port = rest if colon else None
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return _PORT
+    return None
+
+
 def _env_name(word: str, thresholds: Iterable[str]) -> str:
     return f"{ENV_PREFIX}HEALTH_{word.upper()}" if word in thresholds else word
 
@@ -267,8 +338,32 @@ class SettingsError(SystemExit):
     """Start-up stops with a message naming each bad variable."""
 
 
+_FIELDS = sorted(name.upper() for name in Settings.model_fields)
+# SYNCMON_* names that are not settings: what Kubernetes injects for a service named syncmon
+# (SYNCMON_SERVICE_HOST, SYNCMON_PORT_8000_TCP, ...) and what the scripts and tests read.
+_NOT_SETTINGS = re.compile(
+    rf"{ENV_PREFIX}(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?|SETUP|TEST_WORKERS|FAULT_FIGURES)"
+)
+
+
+def warn_unknown_variables() -> None:
+    """A misspelt variable is otherwise silently ignored: SYNCMON_API_TOKEN (for API_TOKENS)
+    would run the API without auth. A warning, not an error: the environment is shared."""
+    for name in sorted(os.environ):
+        upper = name.upper()  # pydantic-settings reads names in any case
+        if not upper.startswith(ENV_PREFIX) or _NOT_SETTINGS.fullmatch(upper):
+            continue
+        field = upper.removeprefix(ENV_PREFIX)
+        if field in _FIELDS:
+            continue
+        close = difflib.get_close_matches(field, _FIELDS, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        log.warning("%s is not a syncmon setting and is ignored%s", name, hint)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Reads the environment; on error raises SettingsError naming the variables."""
+    warn_unknown_variables()
     try:
         return Settings(**overrides)
     except pydantic_settings.SettingsError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pydantic_settings
@@ -164,3 +165,119 @@ def test_filter_lists_of_only_separators_are_refused() -> None:
     for name in ("metrics_providers_allow", "metrics_orgs_deny"):
         assert f"SYNCMON_{name.upper()}" in refused(**{name: " , "})
     assert load_settings(metrics_orgs_allow="").metrics_orgs_allow == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("kafka:abc", "'kafka:abc': the port must be a number from 1 to 65535"),
+        ("kafka:0", "'kafka:0': the port"),
+        ("kafka:65536", "'kafka:65536': the port"),
+        ("kafka:", "'kafka:': the port"),
+        ("kafka:\uff19\uff10\uff19\uff12", "the port"),  # full-width digits: int() takes them
+        ("b1:9092,kafka:abc", "'kafka:abc': the port"),
+        ("b1:9092,,b2:9092", "an empty entry"),
+        ("b1:9092,", "an empty entry"),
+        ("no such host:9092", "'no such host:9092': not a host name"),
+        ("kafka!:9092", "not a host name"),
+        (":9092", "not a host name"),
+        ("10.0.0.256:9092", "not a host name"),
+        ("::1", "IPv6 addresses go in brackets"),
+        ("[::1:9092", "IPv6 addresses go in brackets"),
+        ("[kafka]:9092", "'[kafka]:9092': not an IPv6 address"),
+        ("[::1]:x", "the port"),
+        ("[::1]9092", "the port"),
+    ],
+)
+def test_bad_bootstrap_servers_are_refused_at_load(value: str, why: str) -> None:
+    message = refused(kafka_bootstrap_servers=value)
+    assert "SYNCMON_KAFKA_BOOTSTRAP_SERVERS: " in message and why in message, message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "localhost:9092",
+        "kafka",
+        "b1:9092, b2:9093,b3",
+        "10.0.0.7:9092",
+        "[::1]:9092",
+        "[fe80::1%eth0]:9092",
+        "[::1]",
+        "broker-1.kafka_internal.example.com:65535",
+        "SASL_SSL://broker:9093",  # kafka-python drops such a prefix, so it is not refused
+    ],
+)
+def test_good_bootstrap_servers_load(value: str) -> None:
+    assert load_settings(kafka_bootstrap_servers=value).kafka_bootstrap_servers == value
+
+
+def test_a_bad_bootstrap_server_in_the_environment_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SYNCMON_KAFKA_BOOTSTRAP_SERVERS", "kafka:abc")
+    assert "SYNCMON_KAFKA_BOOTSTRAP_SERVERS: 'kafka:abc': the port" in refused()
+
+
+@pytest.mark.parametrize(
+    "value", ["no such host!", "a b", "host/1", "", "[::1]", "-lead.example", "999.0.0.1"]
+)
+def test_bad_http_host_is_refused_at_load(value: str) -> None:
+    assert "SYNCMON_HTTP_HOST: " in refused(http_host=value)
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "syncmon.internal", "my_host"]
+)
+def test_good_http_hosts_load(value: str) -> None:
+    assert load_settings(http_host=value).http_host == value
+
+
+def without_syncmon_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("SYNCMON_"):
+            monkeypatch.delenv(name)
+
+
+def test_unknown_syncmon_variables_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelt variable (API_TOKEN for API_TOKENS) would otherwise run the API without auth."""
+    without_syncmon_variables(monkeypatch)
+    monkeypatch.setenv("SYNCMON_API_TOKEN", "planted-token-value")
+    monkeypatch.setenv("SYNCMON_KAFKA_BOOTSTRAP_SERVER", "kafka:9092")
+    monkeypatch.setenv("SYNCMON_NOTHING_LIKE_IT", "1")
+    with caplog.at_level("WARNING", logger="monitor.settings"):
+        loaded = load_settings()
+    assert loaded.api_tokens == ()  # still loads: a warning, not an error
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert len(warnings) == 3, warnings
+    assert "SYNCMON_API_TOKEN is not a syncmon setting" in warnings[0]
+    assert "did you mean SYNCMON_API_TOKENS?" in warnings[0]
+    assert "did you mean SYNCMON_KAFKA_BOOTSTRAP_SERVERS?" in warnings[1]
+    assert "SYNCMON_NOTHING_LIKE_IT" in warnings[2] and "did you mean" not in warnings[2]
+    assert "planted-token-value" not in caplog.text
+
+
+def test_variables_set_by_kubernetes_and_scripts_are_not_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    injected = {
+        "SYNCMON_SERVICE_HOST": "10.0.0.11",
+        "SYNCMON_SERVICE_PORT": "8000",
+        "SYNCMON_SERVICE_PORT_HTTP": "8000",
+        "SYNCMON_PORT": "tcp://10.0.0.11:8000",
+        "SYNCMON_PORT_8000_TCP": "tcp://10.0.0.11:8000",
+        "SYNCMON_PORT_8000_TCP_ADDR": "10.0.0.11",
+        "SYNCMON_SETUP": "demo",
+        "SYNCMON_TEST_WORKERS": "0",
+        "SYNCMON_FAULT_FIGURES": "/tmp/figures.jsonl",
+        "SYNCMON_HTTP_PORT": "8001",
+        "syncmon_log_level": "INFO",  # read as a setting: names are not case-sensitive
+    }
+    without_syncmon_variables(monkeypatch)
+    for name, value in injected.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level("WARNING", logger="monitor.settings"):
+        assert load_settings().http_port == 8001
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
