@@ -15,6 +15,9 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    GetPydanticSchema,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -23,6 +26,8 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from monitor.enums import EventType, SyncStatus
 from monitor.patching import merge_patch
@@ -99,8 +104,32 @@ def _rfc3339(value: Any) -> Any:
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_event_time)]
-NonNegInt = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
-Int64 = Annotated[StrictInt, Field(ge=-MAX_INT - 1, le=MAX_INT)]
+
+
+def _whole(ge: int, le: int) -> GetPydanticSchema:
+    """The seed types counts as numbers, so `365.0` is read as 365 (365.5, bools, strings no)."""
+    # All in pydantic-core: an int passes the first branch, only a float reaches the second;
+    # a Python validator would cost every int field of every event on the hot path.
+
+    def schema(source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        from_float = core_schema.chain_schema(
+            [core_schema.float_schema(strict=True, allow_inf_nan=False), core_schema.int_schema()]
+        )
+        either = core_schema.union_schema(
+            [core_schema.int_schema(strict=True), from_float],
+            mode="left_to_right",
+            custom_error_type="int_type",  # one plain error, not one per branch
+        )
+        return core_schema.chain_schema([either, core_schema.int_schema(strict=True, ge=ge, le=le)])
+
+    def json_schema(schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "integer", "minimum": ge, "maximum": le}
+
+    return GetPydanticSchema(schema, json_schema)
+
+
+NonNegInt = Annotated[int, _whole(0, MAX_INT)]
+Int64 = Annotated[int, _whole(-MAX_INT - 1, MAX_INT)]
 Text = Annotated[StrictStr, Field(min_length=1)]
 Name = Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)]
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -198,7 +227,10 @@ class CredentialFailed(_Data):
 
 
 class RateLimited(_Data):
-    retry_after_seconds: NonNegInt | Annotated[StrictFloat, Field(ge=0)] = 0
+    # Seconds, int or float as sent (not a count: 1.0 stays 1.0).
+    retry_after_seconds: (
+        Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | Annotated[StrictFloat, Field(ge=0)]
+    ) = 0
 
 
 class BackfillStarted(_Data):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from consumers.decode import MAX_MESSAGE_BYTES, DecodeError, Headers, RawMessage, decode
 from monitor.enums import EventType
@@ -417,6 +418,63 @@ def test_unreadable_input_is_a_decode_error(message: RawMessage, word: str, labe
 
 def test_bad_names_unique() -> None:
     assert len({b[0] for b in BAD}) == len(BAD)
+
+
+def test_integral_floats_are_read_as_ints() -> None:
+    """The seed types these fields as numbers: `365.0` is 365, stored as an int."""
+    limits = {"allowed_requests": 100.0, "interval": 60.0, "max_concurrent_requests": 2}
+    created = {"provider": "p", "max_age_days": 365.0, "rate_limit": limits}
+    event = decode(structured(cloudevent("sync.created", created, sequence=3.0)))
+    fields: SyncFields = event.data  # type: ignore[attr-defined]
+    assert fields.max_age_days == 365 and type(fields.max_age_days) is int
+    assert event.sequence == 3 and type(event.sequence) is int
+    assert fields.rate_limit is not None
+    read = fields.rate_limit.model_dump()
+    assert read == {"allowed_requests": 100, "interval": 60, "max_concurrent_requests": 2}
+    assert {type(v) for v in read.values()} == {int}
+
+    run = {"run_id": "r", "records_upserted": 5.0, "records_deleted": 0.0, "duration_ms": 1e3}
+    done = decode(structured(cloudevent("sync.run.succeeded", run))).data  # type: ignore[attr-defined]
+    assert done.model_dump() == {**run, "records_upserted": 5, "duration_ms": 1000}
+    assert {type(v) for k, v in done.model_dump().items() if k != "run_id"} == {int}
+
+    failure = {"code": "c", "message": "m", "http_status": 503.0}
+    failed = decode(structured(cloudevent("sync.run.failed", {"run_id": "r", "error": failure})))
+    status = failed.data.error.http_status  # type: ignore[attr-defined]
+    assert status == 503 and type(status) is int
+    decode(structured(cloudevent("sync.updated", {"max_age_days": 30.0})))
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (365.5, "a valid integer"),
+        (True, "a valid integer"),
+        ("365", "a valid integer"),
+        (1e300, "a valid integer"),
+        ([365], "a valid integer"),
+        (-1.0, "greater than or equal to 0"),
+    ],
+)
+def test_other_numbers_are_still_dead_lettered(value: Any, why: str) -> None:
+    created = {"provider": "p", "max_age_days": value}
+    error = fails(structured(cloudevent("sync.created", created)))
+    assert error.reason == f"data.max_age_days: Input should be {why}"
+    assert error.type_label == "sync.created"
+    patch = fails(structured(cloudevent("sync.updated", {"max_age_days": value})))
+    assert patch.reason == error.reason
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 365.5, True, "365"])
+def test_non_finite_or_fractional_ints_are_refused_in_python_input(value: Any) -> None:
+    """JSON has no NaN (the reader refuses it first); objects built in Python can."""
+    with pytest.raises(ValidationError, match="valid integer"):
+        SyncFields(provider="p", max_age_days=value)
+
+
+def test_a_binary_sequence_is_still_ascii_digits_only() -> None:
+    assert decode(binary(cloudevent(sequence="12"))).sequence == 12
+    assert "sequence" in fails(binary(cloudevent(sequence="12.0"))).reason
 
 
 # -- reasons never quote the input -------------------------------------------------------
