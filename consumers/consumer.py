@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
-from consumers.kafka import ensure_topics, make_producer
+from consumers.kafka import close_producer, ensure_topics, make_producer
 from consumers.processor import BatchResult, FenceBehind, Prepared, Processor, ViewCache
 from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings
@@ -221,7 +221,7 @@ class SyncConsumer:
             self._consumer = None
             self._owned.clear()
             self.processor.cache.clear()
-            dlq.producer.close(timeout=5)
+            close_producer(dlq.producer, 5, "dead-letter producer")
             consumer.close(autocommit=False, timeout_ms=5000)
             log.info("consumer closed and left group %s", s.kafka_group_id)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,14 @@ def ensure_topics(
 MAX_REQUEST_BYTES = 64 << 20
 
 
-def make_producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> KafkaProducer:
-    """A producer that waits for every replica: dead letters and health events must not drop."""
+def make_producer(
+    bootstrap: str,
+    security: Mapping[str, Any] | None = None,
+    bounds: Mapping[str, Any] | None = None,
+) -> KafkaProducer:
+    """A producer that waits for every replica: dead letters and health events must not drop.
+
+    `bounds`: time limits a caller needs (the health publisher's sends must settle in time)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -60,4 +66,26 @@ def make_producer(bootstrap: str, security: Mapping[str, Any] | None = None) -> 
         client_id="syncmon",
         max_request_size=MAX_REQUEST_BYTES,
         **(security or {}),
+        **(bounds or {}),
     )
+
+
+def close_producer(producer: KafkaProducer, timeout: float, what: str) -> None:
+    """Closes a producer even when records are still unsettled (a broker gone quiet).
+
+    kafka-python's `close` flushes first and raises if that times out, leaving its sender
+    thread running; a caller's own clean-up after it (leaving the consumer group) would be
+    skipped. Unsettled records are not lost: what they came from was never acknowledged.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError as exc:
+        log.warning(
+            "%s closed with sends unsettled (%s); their source, never acknowledged, resends them",
+            what,
+            exc,
+        )
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout)

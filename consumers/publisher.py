@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from kafka.errors import KafkaError
@@ -14,7 +15,7 @@ from redis.exceptions import RedisError
 
 from consumers.already import event_id, published_ids, queued_at_ms
 from consumers.consumer import Backoff
-from consumers.kafka import ensure_topics, make_producer
+from consumers.kafka import close_producer, ensure_topics, make_producer
 from monitor.settings import Settings
 from monitor.store.outbox import Entry, Outbox
 
@@ -24,6 +25,25 @@ STRUCTURED = [("content-type", b"application/cloudevents+json; charset=UTF-8")]
 
 CLAIM_IDLE_MS = 30_000  # an entry taken by a publisher that died is re-published after this
 BATCH = 500
+
+# A send must be settled (acknowledged, or failed for good: never retried again) before its
+# entry can be claimed, else the claimer reads the topic too early, misses the record, and the
+# change goes out twice. From the moment entries are taken (read or claimed): sends start
+# within SEND_START_MS, each send() blocks (metadata, buffer) at most MAX_BLOCK_MS, and the
+# producer settles each record within DELIVERY_TIMEOUT_MS of send(), in-flight ones included.
+SEND_START_MS = 7_000
+MAX_BLOCK_MS = 3_000
+REQUEST_TIMEOUT_MS = 8_000  # one produce request; kafka-python wants delivery >= this + linger
+DELIVERY_TIMEOUT_MS = 12_000  # kafka-python's default, 120 s, would outlive the claim
+SETTLED_MS = SEND_START_MS + MAX_BLOCK_MS + DELIVERY_TIMEOUT_MS
+MARGIN_MS = 8_000  # pauses (GC, scheduling) and the Redis round trip
+if SETTLED_MS + MARGIN_MS > CLAIM_IDLE_MS:
+    raise RuntimeError(f"a health send may take {SETTLED_MS} ms, too close to CLAIM_IDLE_MS")
+PRODUCER_BOUNDS = {
+    "max_block_ms": MAX_BLOCK_MS,
+    "request_timeout_ms": REQUEST_TIMEOUT_MS,
+    "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
+}
 
 
 class HealthPublisher:
@@ -65,7 +85,7 @@ class HealthPublisher:
                 log.exception("health publisher crashed; restarting in %.1fs", backoff.delay)
                 backoff.wait()
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            close_producer(self._producer, 5, "health publisher")
 
     def _loop(self) -> None:
         s = self.settings
@@ -75,15 +95,14 @@ class HealthPublisher:
                 ensure_topics(
                     s.kafka_bootstrap_servers, {s.health_topic: s.kafka_topic_partitions}, security
                 )
-            self._producer = make_producer(s.kafka_bootstrap_servers, security)
+            self._producer = make_producer(s.kafka_bootstrap_servers, security, PRODUCER_BOUNDS)
         self.outbox.ensure_group(self.redis)
         while not self._stop.is_set():
-            entries = self._not_yet_published(
-                self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
-            )
-            entries += self.outbox.read(self.redis, self.name, BATCH, block_ms=200)
-            if entries:
-                self._publish(entries)
+            taken = time.monotonic()
+            stale = self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
+            self._publish(self._not_yet_published(stale), taken)
+            taken = time.monotonic()
+            self._publish(self.outbox.read(self.redis, self.name, BATCH, block_ms=200), taken)
 
     def _not_yet_published(self, stale: list[Entry]) -> list[Entry]:
         """Of the entries a dead publisher held, those the topic does not have yet."""
@@ -104,15 +123,33 @@ class HealthPublisher:
             log.info("%d health changes a dead publisher had sent: acknowledged", len(sent))
         return [e for e in stale if ids[e[0]] not in found]
 
-    def _publish(self, entries: list[Entry]) -> None:
-        futures = [
-            self._producer.send(
-                self.settings.health_topic, key=sync_id.encode(), value=event, headers=STRUCTURED
+    def _publish(self, entries: list[Entry], taken: float) -> None:
+        """Sends and waits within SETTLED_MS of `taken` (see above); an entry whose send could
+        not start in time (after a slow topic scan) is not sent: a later claim settles it."""
+        sent: list[str] = []
+        futures = []
+        for entry_id, sync_id, event in entries:
+            if time.monotonic() - taken > SEND_START_MS / 1000:
+                log.warning(
+                    "%d health changes held too long to send before their claim expires; "
+                    "left to a later claim",
+                    len(entries) - len(sent),
+                )
+                break
+            futures.append(
+                self._producer.send(
+                    self.settings.health_topic,
+                    key=sync_id.encode(),
+                    value=event,
+                    headers=STRUCTURED,
+                )
             )
-            for _, sync_id, event in entries
-        ]
-        self._producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
-        self.outbox.done(self.redis, [entry_id for entry_id, _, _ in entries])
-        self.published += len(entries)
+            sent.append(entry_id)
+        if not sent:
+            return
+        settled_by = taken + SETTLED_MS / 1000
+        self._producer.flush(timeout=max(0.0, settled_by - time.monotonic()))
+        for future in futures:  # all done once flush returns: get() does not wait
+            future.get(timeout=max(0.0, settled_by - time.monotonic()))
+        self.outbox.done(self.redis, sent)
+        self.published += len(sent)

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 import redis
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from consumers import publisher as publisher_module
 from consumers.already import event_id, published_ids, queued_at_ms
 from consumers.publisher import HealthPublisher
 from monitor.services import ensure_topics
+from monitor.settings import Settings
 from monitor.store.outbox import GROUP, Outbox
 from tests.faultlib import read_topic
 from tests.support import fast_settings
@@ -77,3 +79,136 @@ def test_entries_a_dead_publisher_sent_are_acknowledged_not_sent_again(
     by_us = [h for *_, value, h in records if value["id"] in ("b:2", "d:4")]
     # CloudEvents Kafka binding: structured mode says so in its content-type header
     assert by_us == [[("content-type", b"application/cloudevents+json; charset=UTF-8")]] * 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class FakeProducer:
+    """Records what the publisher sends; every wait runs to its timeout (the worst case)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Any) -> FakeProducer:
+        self.sent.append(key)
+        return self
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.clock.now += float("inf") if timeout is None else timeout
+
+    get = flush
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+Entries = list[tuple[str, str, bytes]]
+
+
+def one_round(
+    monkeypatch: pytest.MonkeyPatch, claimed: list[str], fresh: list[str], scan_seconds: float
+) -> tuple[FakeProducer, dict[str, Any], list[str], float]:
+    """One pass of the publisher loop over fakes: `claimed` entries come from a dead publisher
+    (their topic scan takes `scan_seconds`), `fresh` ones from the group. Returns the producer,
+    the options it was made with, the entry ids acknowledged and the seconds the pass took."""
+    clock = Clock()
+    producer, options, acked = FakeProducer(clock), {}, []
+
+    def make_producer(
+        bootstrap: str, security: dict[str, Any], bounds: dict[str, Any]
+    ) -> FakeProducer:
+        options.update(security, **bounds)
+        return producer
+
+    def scan(*args: Any) -> set[str]:
+        clock.now += scan_seconds
+        return set()
+
+    def entries(ids: list[str], first: int) -> Entries:
+        return [(f"{first + n}-0", sync_id, change(sync_id, n)) for n, sync_id in enumerate(ids)]
+
+    def read(*args: Any, **kwargs: Any) -> Entries:
+        publisher._stop.set()  # this pass is the last
+        return entries(fresh, 100)
+
+    monkeypatch.setattr(publisher_module, "make_producer", make_producer)
+    monkeypatch.setattr(publisher_module, "published_ids", scan)
+    monkeypatch.setattr(publisher_module, "time", clock, raising=False)
+    publisher = HealthPublisher(Settings(kafka_create_topics=False), redis.Redis())
+    monkeypatch.setattr(publisher.outbox, "ensure_group", lambda client: None)
+    monkeypatch.setattr(publisher.outbox, "claim_stale", lambda *a: entries(claimed, 1))
+    monkeypatch.setattr(publisher.outbox, "read", read)
+    monkeypatch.setattr(publisher.outbox, "done", lambda client, ids: acked.extend(ids))
+    start = clock.now
+    publisher._loop()
+    return producer, options, acked, clock.now - start
+
+
+KAFKA_PYTHON_DEFAULTS = {
+    "max_block_ms": 60_000,
+    "request_timeout_ms": 30_000,
+    "delivery_timeout_ms": 120_000,
+}
+
+
+def test_a_send_is_settled_before_its_entry_can_be_claimed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else a claimer reads the topic before a slow send lands, and sends the change again."""
+    producer, options, acked, took = one_round(monkeypatch, [], ["a", "b"], 0)
+    assert producer.sent == [b"a", b"b"] and acked == ["100-0", "101-0"]
+    claim_ms = publisher_module.CLAIM_IDLE_MS
+    bounds = {**KAFKA_PYTHON_DEFAULTS, **options}
+    # kafka-python settles each record within delivery_timeout_ms of send(), in-flight included
+    # (and refuses a delivery timeout below request_timeout_ms + linger_ms).
+    assert bounds["delivery_timeout_ms"] >= bounds["request_timeout_ms"] + 5
+    latest_landing_ms = (
+        getattr(publisher_module, "SEND_START_MS", 0)
+        + bounds["max_block_ms"]
+        + bounds["delivery_timeout_ms"]
+    )
+    assert latest_landing_ms <= claim_ms - 5_000, (latest_landing_ms, claim_ms)
+    assert took * 1000 <= claim_ms - 5_000, took  # flush and get together, to their timeouts
+
+
+def test_entries_held_too_long_to_send_in_time_are_left_to_a_later_claim(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slow topic scan eats the claim's time: sending then could outlive the claim."""
+    slow = publisher_module.CLAIM_IDLE_MS / 1000 / 2
+    producer, _, acked, _ = one_round(monkeypatch, ["a", "b"], ["c"], slow)
+    assert producer.sent == [b"c"] and acked == ["100-0"]  # the fresh entry went out
+    assert "2 health changes held too long" in caplog.text
+    producer, _, acked, _ = one_round(monkeypatch, ["a", "b"], [], 0.5)  # a quick scan
+    assert producer.sent == [b"a", b"b"] and acked == ["1-0", "2-0"]
+
+
+def test_a_producer_with_unsettled_sends_is_still_closed() -> None:
+    """kafka-python's close raises when its flush times out and leaves its sender running;
+    the publisher and the consumer close theirs after it (the consumer then leaves its group)."""
+    from consumers.kafka import close_producer, make_producer
+    from monitor.services import Broker
+
+    broker = Broker().start()
+    try:
+        ensure_topics(broker.bootstrap, {"unsettled": 1})
+        producer = make_producer(broker.bootstrap, None, {"request_timeout_ms": 60_000})
+        producer.send("unsettled", b"first").get(timeout=30)  # metadata known, broker answers
+        broker.pause()  # a broker gone quiet: TCP open, nothing answered
+        producer.send("unsettled", b"second")
+        with pytest.raises(KafkaError):  # what close alone does
+            producer.flush(timeout=0.5)
+        started = time.monotonic()
+        close_producer(producer, 0.5, "test producer")
+        assert time.monotonic() - started < 5
+        assert not producer._sender.is_alive()
+    finally:
+        broker.resume()
+        broker.stop()
