@@ -21,6 +21,7 @@ from consumers.decode import RawMessage
 from consumers.dlq import DeadLetterPublisher
 from consumers.kafka import close_producer, ensure_topics, make_producer
 from consumers.processor import BatchResult, FenceBehind, Prepared, Processor, ViewCache
+from consumers.records import install_raw_names
 from monitor.metrics import ProcessMetrics
 from monitor.settings import Settings
 
@@ -176,6 +177,7 @@ class SyncConsumer:
                 },
                 security,
             )
+        install_raw_names()  # a header name that is not UTF-8 must not stop a partition
         consumer = KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.kafka_group_id,

@@ -9,6 +9,7 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
+from consumers.records import RawName
 from monitor.enums import EventType
 from monitor.events import EVENT_ADAPTER, KNOWN_TYPES, Envelope, SyncFields
 
@@ -52,6 +53,8 @@ def decode(message: RawMessage) -> Envelope:
     size = len(message.value or b"") + sum(len(k) + len(v or b"") for k, v in message.headers)
     if size > MAX_MESSAGE_BYTES:
         raise DecodeError(f"message is {size} bytes, over the {MAX_MESSAGE_BYTES} byte limit")
+    if any(type(k) is RawName for k, _ in message.headers):
+        raise DecodeError("a header name is not UTF-8")
     attributes = _binary_attributes(message.headers)
     try:
         if attributes is not None:

@@ -19,6 +19,7 @@ from redis import ConnectionPool, Redis
 
 from consumers.decode import RawMessage
 from consumers.processor import Processor
+from consumers.records import install_raw_names
 from monitor.engine import HealthEngine
 from monitor.settings import Settings
 from monitor.store.base import text
@@ -144,6 +145,7 @@ class Rebuild:
 
     def _consumer(self) -> KafkaConsumer:
         s = self.settings
+        install_raw_names()  # as the live consumer reads them
         return KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=None,

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from consumers.records import RawName
 from monitor.app import create_app
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, encode_binary, iso, lifecycle, recent
@@ -189,3 +190,31 @@ def test_poison_messages_go_to_the_dlq_and_the_stream_goes_on(
         int(headers["syncmon_source_offset"]) >= 0 and headers["syncmon_source_partition"].isdigit()
     )
     assert b"time" in dict(by_value[missing_attr[1]].headers)["syncmon_error"]
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_unchanged_and_the_stream_goes_on(
+    settings: Settings, client: TestClient
+) -> None:
+    """kafka-python alone fails every fetch of such a record as corrupt, for good: the
+    partition (and, as the consumer restarts, every partition) would never move again."""
+    good = lifecycle("sync-raw")
+    name = RawName(b"trace-\xff".decode("utf-8", "surrogateescape"))  # as a Go producer sends
+    bad = (b"sync-raw", encode(good[2])[1], [(name, b"x"), ("plain", b"y")])
+    records = [*map(encode, good[:2]), bad, *map(encode, good[2:])]
+    produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records)
+
+    wait_for(
+        lambda: (
+            client.get("/v1/syncs/sync-raw", headers=AUTH).json().get("health", {}).get("status")
+            == "healthy"
+        )
+    )
+    dead = read_topic(settings.kafka_bootstrap_servers, settings.kafka_dlq_topic, 3, expected=1)
+    assert len(dead) == 1
+    letter = dead[0]
+    assert (letter.key, letter.value) == (bad[0], bad[1])
+    names = [(k.encode("utf-8"), v) for k, v in letter.headers]
+    assert names[:2] == [(b"trace-\xff", b"x"), (b"plain", b"y")]  # the very bytes received
+    assert dict(letter.headers)["syncmon_error"] == b"a header name is not UTF-8"
+    counts = client.get("/metrics").text
+    assert 'syncmon_events_total{type="unknown",outcome="invalid"} 1' in counts.splitlines()
