@@ -149,6 +149,7 @@ class Processor:
                 m.offset, prepared.last_offsets.get(m.partition, -1)
             )
         fences = self.fences.get_many(self.client, self.topic, prepared.last_offsets)
+        self._check_behind(fences)  # before any dead letter of the batch is published
         for m in messages:
             if m.offset <= fences[m.partition]:
                 continue
@@ -202,6 +203,16 @@ class Processor:
         self._epoch = epoch
         return epoch
 
+    def _check_behind(self, fences: dict[int, int]) -> None:
+        """Folding on a fence behind this process's own writes would bury the lost events
+        under a newer one: nothing would ever replay them. Redis's fences become the warrant;
+        the consumer seeks back to them."""
+        lost = {p: f for p, f in fences.items() if f < self._fenced.get(p, -1)}
+        if lost:
+            self._fenced.update(lost)
+            self.cache.clear()  # it holds views newer than Redis's
+            raise FenceBehind(lost)
+
     def _load(self, pipe: Pipeline, sync_ids: list[str]) -> dict[str, SyncView | None]:
         views: dict[str, SyncView | None] = {}
         missing = []
@@ -223,12 +234,7 @@ class Processor:
         *raw_fences, raw_epoch, held = pipe.mget(keys)  # one round trip for all three
         epoch = self._check_epoch(raw_epoch, held)
         fences = self.fences.parse(parts, raw_fences)
-        lost = {p: fences[p] for p in parts if fences[p] < self._fenced.get(p, -1)}
-        if lost:
-            # Folding on would bury the lost events under a newer fence: nothing would ever
-            # replay them. Redis's fences become the warrant; the consumer seeks back to them.
-            self._fenced.update(lost)
-            raise FenceBehind(lost)
+        self._check_behind(fences)
         if any(fences[p] != self._fenced.get(p) for p in parts):
             # Written by another process since our last write (a rebalance's successor while
             # this one stalled, say): views cached here may be older than Redis's.
