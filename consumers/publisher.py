@@ -39,6 +39,7 @@ SETTLED_MS = SEND_START_MS + MAX_BLOCK_MS + DELIVERY_TIMEOUT_MS
 MARGIN_MS = 8_000  # pauses (GC, scheduling) and the Redis round trip
 if SETTLED_MS + MARGIN_MS > CLAIM_IDLE_MS:
     raise RuntimeError(f"a health send may take {SETTLED_MS} ms, too close to CLAIM_IDLE_MS")
+RENEW_SLACK_MS = 1_000  # Redis's clock and ours measure the claim's age a little apart
 PRODUCER_BOUNDS = {
     "max_block_ms": MAX_BLOCK_MS,
     "request_timeout_ms": REQUEST_TIMEOUT_MS,
@@ -98,9 +99,16 @@ class HealthPublisher:
             self._producer = make_producer(s.kafka_bootstrap_servers, security, PRODUCER_BOUNDS)
         self.outbox.ensure_group(self.redis)
         while not self._stop.is_set():
-            taken = time.monotonic()
+            claimed = time.monotonic()
             stale = self.outbox.claim_stale(self.redis, self.name, CLAIM_IDLE_MS, BATCH)
-            self._publish(self._not_yet_published(stale), taken)
+            unsent = self._not_yet_published(stale)
+            if unsent:
+                # The topic scan may have used most of the claim: renew it before sending
+                # (a later claim would scan as long again, and never get to send).
+                taken = time.monotonic()
+                held_ms = int((taken - claimed) * 1000) - RENEW_SLACK_MS
+                kept = self.outbox.renew(self.redis, self.name, [e[0] for e in unsent], held_ms)
+                self._publish([e for e in unsent if e[0] in kept], taken)
             taken = time.monotonic()
             self._publish(self.outbox.read(self.redis, self.name, BATCH, block_ms=200), taken)
 
@@ -125,7 +133,8 @@ class HealthPublisher:
 
     def _publish(self, entries: list[Entry], taken: float) -> None:
         """Sends and waits within SETTLED_MS of `taken` (see above); an entry whose send could
-        not start in time (after a slow topic scan) is not sent: a later claim settles it."""
+        not start in time (Kafka slow to take the ones before) is not sent: a later claim
+        settles it."""
         sent: list[str] = []
         futures = []
         for entry_id, sync_id, event in entries:

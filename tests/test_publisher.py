@@ -113,13 +113,25 @@ Entries = list[tuple[str, str, bytes]]
 
 
 def one_round(
-    monkeypatch: pytest.MonkeyPatch, claimed: list[str], fresh: list[str], scan_seconds: float
+    monkeypatch: pytest.MonkeyPatch,
+    claimed: list[str],
+    fresh: list[str],
+    scan_seconds: float,
+    taken_by_another: frozenset[str] = frozenset(),
 ) -> tuple[FakeProducer, dict[str, Any], list[str], float]:
     """One pass of the publisher loop over fakes: `claimed` entries come from a dead publisher
-    (their topic scan takes `scan_seconds`), `fresh` ones from the group. Returns the producer,
-    the options it was made with, the entry ids acknowledged and the seconds the pass took."""
+    (their topic scan takes `scan_seconds`; meanwhile another publisher claims the sync ids in
+    `taken_by_another`), `fresh` ones from the group. Returns the producer, the options it was
+    made with, the entry ids acknowledged and the seconds the pass took."""
     clock = Clock()
     producer, options, acked = FakeProducer(clock), {}, []
+    renewed: list[int] = []
+
+    def renew(client: Any, consumer: str, ids: list[str], held_ms: int) -> set[str]:
+        renewed.append(held_ms)
+        assert held_ms <= scan_seconds * 1000  # never more than the claim's real age
+        lost = {e for e, sync_id, _ in entries(claimed, 1) if sync_id in taken_by_another}
+        return set(ids) - lost
 
     def make_producer(
         bootstrap: str, security: dict[str, Any], bounds: dict[str, Any]
@@ -144,6 +156,7 @@ def one_round(
     publisher = HealthPublisher(Settings(kafka_create_topics=False), redis.Redis())
     monkeypatch.setattr(publisher.outbox, "ensure_group", lambda client: None)
     monkeypatch.setattr(publisher.outbox, "claim_stale", lambda *a: entries(claimed, 1))
+    monkeypatch.setattr(publisher.outbox, "renew", renew)
     monkeypatch.setattr(publisher.outbox, "read", read)
     monkeypatch.setattr(publisher.outbox, "done", lambda client, ids: acked.extend(ids))
     start = clock.now
@@ -178,16 +191,39 @@ def test_a_send_is_settled_before_its_entry_can_be_claimed(
     assert took * 1000 <= claim_ms - 5_000, took  # flush and get together, to their timeouts
 
 
-def test_entries_held_too_long_to_send_in_time_are_left_to_a_later_claim(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_entries_whose_topic_scan_used_their_claim_are_renewed_then_sent(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A slow topic scan eats the claim's time: sending then could outlive the claim."""
+    """A slow topic scan eats the claim's time: sending then could outlive the claim, and
+    leaving them to a later claim would scan as long again, forever. The claim is renewed."""
     slow = publisher_module.CLAIM_IDLE_MS / 1000 / 2
-    producer, _, acked, _ = one_round(monkeypatch, ["a", "b"], ["c"], slow)
-    assert producer.sent == [b"c"] and acked == ["100-0"]  # the fresh entry went out
-    assert "2 health changes held too long" in caplog.text
-    producer, _, acked, _ = one_round(monkeypatch, ["a", "b"], [], 0.5)  # a quick scan
-    assert producer.sent == [b"a", b"b"] and acked == ["1-0", "2-0"]
+    producer, _, acked, took = one_round(monkeypatch, ["a", "b"], ["c"], slow)
+    assert producer.sent == [b"a", b"b", b"c"] and acked == ["1-0", "2-0", "100-0"]
+    assert took * 1000 <= slow * 1000 + 2 * publisher_module.SETTLED_MS  # each send in bounds
+    # one of them claimed by another publisher meanwhile: that one is its to send
+    producer, _, acked, _ = one_round(monkeypatch, ["a", "b"], [], slow, frozenset({"a"}))
+    assert producer.sent == [b"b"] and acked == ["2-0"]
+
+
+def test_a_renewal_keeps_only_entries_no_one_claimed_since(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    outbox = Outbox(f"renew-{time.monotonic_ns()}")
+    outbox.ensure_group(client)
+    for n in range(2):
+        outbox.add(client, f"s{n}", json.dumps({"id": f"s{n}:1"}))
+    first, second = (e[0] for e in outbox.read(client, "dead", 10, block_ms=0))
+    time.sleep(0.3)
+    assert {e[0] for e in outbox.claim_stale(client, "me", 200, 10)} == {first, second}
+    time.sleep(0.3)  # "me" scans the topic; meanwhile "other" claims the first entry
+    client.xclaim(outbox.key, GROUP, "other", 200, [first], justid=True)
+    assert outbox.renew(client, "me", [first, second], held_ms=250) == {second}
+    owners = {e["message_id"].decode(): e["consumer"].decode() for e in pending(client, outbox)}
+    assert owners == {first: "other", second: "me"}
+
+
+def pending(client: redis.Redis, outbox: Outbox) -> list[Any]:
+    reply: Any = client.xpending_range(outbox.key, GROUP, "-", "+", 10)
+    return list(reply)
 
 
 def test_a_producer_with_unsettled_sends_is_still_closed() -> None:

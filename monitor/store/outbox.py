@@ -39,6 +39,16 @@ class Outbox:
         reply: Any = client.xautoclaim(self.key, GROUP, consumer, idle_ms, "0-0", count=count)
         return [_entry(e) for e in reply[1] if e and e[1]]
 
+    def renew(self, client: Conn, consumer: str, ids: list[str], held_ms: int) -> set[str]:
+        """Restarts the idle time of entries this consumer claimed `held_ms` ago, of those no
+        one claimed since (an entry claimed by another has been idle for less)."""
+        if not ids:
+            return set()
+        reply: Any = client.xclaim(
+            self.key, GROUP, consumer, max(0, held_ms), list[Any](ids), justid=True
+        )
+        return {v.decode() if isinstance(v, bytes) else str(v) for v in reply}
+
     def read(self, client: Conn, consumer: str, count: int, block_ms: int) -> list[Entry]:
         reply: Any = client.xreadgroup(
             GROUP, consumer, {self.key: ">"}, count=count, block=block_ms
