@@ -19,6 +19,7 @@ from consumers.decode import RawMessage
 from consumers.processor import Processor
 from monitor.engine import TRIES, HealthEngine
 from monitor.enums import HealthStatus
+from monitor.health import ThresholdBook, Thresholds
 from monitor.metrics import Selection, SyncmonCollector
 from monitor.scheduler import HealthScheduler
 from tests.eventlib import cloudevent, encode, lifecycle, recent
@@ -204,3 +205,24 @@ def test_fanout_requests_left_by_the_previous_version_are_served_once(
     assert status_of(engine, client, "s1") is HealthStatus.WARN
     assert engine.fanout.pending(client) == {}
     assert engine.fan_out(client) == 0
+
+
+def test_a_request_made_after_another_process_served_the_same_count_is_not_dropped(
+    client: redis.Redis,
+) -> None:
+    """Two schedulers fan out at once: one serves and finishes, a new request comes, then the
+    other finishes with the count it read at the start. Counts that restarted after a serve
+    would look equal and drop the new request; served counts only grow, so it stays."""
+    book = ThresholdBook(Thresholds())
+    one, other = HealthEngine(PREFIX, book), HealthEngine(PREFIX, book)
+    one.request_fanout(client, ["acme"])
+    read_by_one = one.fanout.pending(client)
+    read_by_other = other.fanout.pending(client)
+    assert read_by_one == read_by_other == {"acme": "1"}
+    other.fanout.served(client, "acme", read_by_other["acme"])
+    assert one.fanout.pending(client) == {}
+    one.request_fanout(client, ["acme"])  # an incident resolved meanwhile
+    one.fanout.served(client, "acme", read_by_one["acme"])  # the slow fan-out finishes
+    assert one.fanout.pending(client) == {"acme": "2"}
+    one.fanout.served(client, "acme", "2")
+    assert other.fanout.pending(client) == {}
