@@ -38,6 +38,7 @@ from monitor.patching import merge_patch
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_INT = 2**63 - 1  # counts, sequences, HTTP statuses: what Kafka, Redis and JSON readers share
+FLOAT_EXACT = 2**53  # below it a float holds every integer; from it on, not all of them
 MAX_ID_LENGTH = 256  # sync ids and the names the API filters on
 MAX_FREQUENCY_SECONDS = 3650 * 86400  # `sync_frequency`: ten years at most
 
@@ -113,7 +114,14 @@ def _whole(ge: int, le: int) -> GetPydanticSchema:
 
     def schema(source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         from_float = core_schema.chain_schema(
-            [core_schema.float_schema(strict=True, allow_inf_nan=False), core_schema.int_schema()]
+            [
+                # from 2**53 on a float no longer holds every integer: 2**53 + 1 is read
+                # as 2**53, and two sequences would collapse into one
+                core_schema.float_schema(
+                    strict=True, allow_inf_nan=False, gt=-FLOAT_EXACT, lt=FLOAT_EXACT
+                ),
+                core_schema.int_schema(),
+            ]
         )
         either = core_schema.union_schema(
             [core_schema.int_schema(strict=True), from_float],

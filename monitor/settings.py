@@ -296,7 +296,10 @@ def _broker_error(entry: str) -> str | None:
             return _PORT
         port = rest[1:] if rest else None
     elif address.count(":") > 1:
-        return "more than one ':'; IPv6 addresses go in brackets: [::1]:9092"
+        try:
+            ipaddress.IPv6Address(address)  # kafka-python takes a bare one (port 9092)
+        except ValueError:
+            return "more than one ':'; IPv6 addresses go in brackets: [::1]:9092"
     else:
         host, colon, rest = address.partition(":")
         if not _is_host(host):

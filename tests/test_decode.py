@@ -443,6 +443,12 @@ def test_integral_floats_are_read_as_ints() -> None:
     status = failed.data.error.http_status  # type: ignore[attr-defined]
     assert status == 503 and type(status) is int
     decode(structured(cloudevent("sync.updated", {"max_age_days": 30.0})))
+    largest = decode(
+        structured(cloudevent("sync.created", {**created, "max_age_days": 2.0**53 - 1}))
+    )
+    assert largest.data.max_age_days == 2**53 - 1  # type: ignore[attr-defined]
+    exact = decode(structured(cloudevent("sync.created", {**created, "max_age_days": 2**53 + 1})))
+    assert exact.data.max_age_days == 2**53 + 1  # type: ignore[attr-defined]  # an int is exact
 
 
 @pytest.mark.parametrize(
@@ -452,6 +458,8 @@ def test_integral_floats_are_read_as_ints() -> None:
         (True, "a valid integer"),
         ("365", "a valid integer"),
         (1e300, "a valid integer"),
+        (2.0**53, "a valid integer"),  # from here on a float does not hold every integer
+        (-(2.0**53), "a valid integer"),
         ([365], "a valid integer"),
         (-1.0, "greater than or equal to 0"),
     ],

@@ -182,7 +182,7 @@ def test_filter_lists_of_only_separators_are_refused() -> None:
         ("kafka!:9092", "not a host name"),
         (":9092", "not a host name"),
         ("10.0.0.256:9092", "not a host name"),
-        ("::1", "IPv6 addresses go in brackets"),
+        ("fd00::5:9092x", "IPv6 addresses go in brackets"),
         ("[::1:9092", "IPv6 addresses go in brackets"),
         ("[kafka]:9092", "'[kafka]:9092': not an IPv6 address"),
         ("[::1]:x", "the port"),
@@ -204,6 +204,8 @@ def test_bad_bootstrap_servers_are_refused_at_load(value: str, why: str) -> None
         "[::1]:9092",
         "[fe80::1%eth0]:9092",
         "[::1]",
+        "::1",  # kafka-python takes a bare IPv6 address, with the default port
+        "fd00::5",
         "broker-1.kafka_internal.example.com:65535",
         "SASL_SSL://broker:9093",  # kafka-python drops such a prefix, so it is not refused
     ],
