@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
-CHUNK = 250  # WATCH costs Redis O(keys watched) per key: larger chunks cost more per sync
+CHUNK = 160  # WATCH costs Redis O(keys watched) per key (2 per sync): larger chunks cost more
 TRIES = 3  # WATCHes a chunk may lose before it is halved
 # (sync ids, the due partition each was found in) -> syncs evaluated: `evaluate_ids` elsewhere
 Evaluate = Callable[[list[str], dict[str, int]], int]
