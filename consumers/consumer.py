@@ -100,6 +100,8 @@ class SyncConsumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: KafkaConsumer | None = None
+        # (partition, offset) of dead letters published for batches not yet in Redis
+        self._dead_sent: set[tuple[int, int]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -315,7 +317,7 @@ class SyncConsumer:
     ) -> None:
         """Writes the batch (retrying until Redis takes it) and then commits its offsets."""
         started = time.perf_counter()
-        sent: set[tuple[int, int]] = set()  # dead letters the broker took: not again on retry
+        sent = self._dead_sent  # dead letters the broker took: not again on a retry or rewind
 
         def attempt() -> tuple[Prepared, BatchResult]:
             prepared = self.processor.prepare(messages)
@@ -330,6 +332,9 @@ class SyncConsumer:
         except FenceBehind as behind:
             self._rewind(consumer, messages, behind.fences)
             return
+        # in Redis now: its fences keep these offsets from being decoded again
+        done = result.commit_offsets
+        sent.difference_update([a for a in sent if a[0] in done and a[1] < done[a[0]]])
         self._commit(consumer, result)
         self.state.batches += 1
         self.state.events += len(messages)

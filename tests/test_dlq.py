@@ -106,3 +106,56 @@ def test_a_batch_retried_while_redis_refuses_writes_dead_letters_each_record_onc
         ]
     finally:
         server.stop()
+
+
+class Seeks(Commits):
+    """And as far as `_rewind` seeks through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeks: list[tuple[int, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+
+
+def test_a_batch_rewound_after_a_failover_dead_letters_each_record_once(topics: Any) -> None:
+    """The primary dies mid-batch (writes refused, the dead letter already on the DLQ), the
+    promoted replica lacks this process's last writes: the batch is rewound and read again,
+    and its dead letter must not go out a second time."""
+    server = RedisServer().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        settings = fast_settings(topics, server.url, "dlq-rewind", retry_max_seconds=0.3)
+        consumer = SyncConsumer(settings, client)
+        created = encode(cloudevent("sync.created", "s1", sync_created("s1")))
+        started = encode(cloudevent("sync.run.started", "s1", {"run_id": "r1"}))
+        first = [RawMessage(topics.lifecycle, 0, 0, created[0], created[1], created[2])]
+        second = [
+            RawMessage(topics.lifecycle, 0, 1, started[0], started[1], started[2]),
+            RawMessage(topics.lifecycle, 0, 2, b"s1", b"not json", []),
+        ]
+        producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
+        dlq = DeadLetterPublisher(producer, topics.dlq)
+        kafka = Seeks()
+        consumer._handle(kafka, dlq, first)  # offset 0 written: this process's fence is 0
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # the primary stops taking writes
+        handling = threading.Thread(target=consumer._handle, args=(kafka, dlq, second))
+        handling.start()
+        wait_for(lambda: consumer.state.redis_ok is False, 10, what="a refused write")
+        client.delete(*client.keys("dlq-rewind:fence:*"))  # the replica never saw offset 0
+        client.config_set("maxmemory", 0)
+        handling.join(timeout=30)
+        assert not handling.is_alive()
+        assert kafka.seeks == [(0, 1)]  # read the batch again (a partition lost whole)
+        consumer._handle(kafka, dlq, second)  # what the next poll returns
+        producer.close()
+        on_dlq = read_all(topics.bootstrap, topics.dlq, topics.partitions, 2)
+        assert [dict(r.headers)[OFFSET_HEADER] for r in on_dlq] == [b"2"]
+        assert [{tp.partition: o.offset for tp, o in c.items()} for c in kafka.offsets] == [
+            {0: 1},
+            {0: 3},
+        ]
+    finally:
+        server.stop()
