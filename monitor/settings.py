@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterable
 from itertools import combinations
 from typing import Annotated, Any, Literal
@@ -296,9 +297,9 @@ def _broker_error(entry: str) -> str | None:
             return _PORT
         port = rest[1:] if rest else None
     elif address.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(address)  # kafka-python takes a bare one (port 9092)
-        except ValueError:
+        try:  # kafka-python takes a bare one (port 9092), as inet_pton does: no `%scope`
+            socket.inet_pton(socket.AF_INET6, address)
+        except OSError:
             return "more than one ':'; IPv6 addresses go in brackets: [::1]:9092"
     else:
         host, colon, rest = address.partition(":")

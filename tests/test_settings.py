@@ -183,6 +183,7 @@ def test_filter_lists_of_only_separators_are_refused() -> None:
         (":9092", "not a host name"),
         ("10.0.0.256:9092", "not a host name"),
         ("fd00::5:9092x", "IPv6 addresses go in brackets"),
+        ("fe80::1%eth0", "IPv6 addresses go in brackets"),  # kafka-python cannot read it bare
         ("[::1:9092", "IPv6 addresses go in brackets"),
         ("[kafka]:9092", "'[kafka]:9092': not an IPv6 address"),
         ("[::1]:x", "the port"),
