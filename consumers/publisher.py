@@ -108,6 +108,12 @@ class HealthPublisher:
                 taken = time.monotonic()
                 held_ms = int((taken - claimed) * 1000) - RENEW_SLACK_MS
                 kept = self.outbox.renew(self.redis, self.name, [e[0] for e in unsent], held_ms)
+                if len(kept) < len(unsent):
+                    log.warning(
+                        "%d health changes claimed from a dead publisher could not be renewed "
+                        "(another publisher took them, or the claim was slow): left to a claim",
+                        len(unsent) - len(kept),
+                    )
                 self._publish([e for e in unsent if e[0] in kept], taken)
             taken = time.monotonic()
             self._publish(self.outbox.read(self.redis, self.name, BATCH, block_ms=200), taken)
