@@ -41,11 +41,21 @@ class Feed:
         prepared, _ = self.processor.process(messages)
         assert not prepared.dead, prepared.dead
 
+    @property
+    def engine(self) -> HealthEngine:
+        return self.processor.engine
+
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     with redis.Redis.from_url(redis_url) as conn:
         yield conn
+
+
+@pytest.fixture
+def feed(client: redis.Redis) -> Feed:
+    recent()  # event times a few minutes back: a sync fed its lifecycle is healthy
+    return Feed(client)
 
 
 def status_of(engine: HealthEngine, client: redis.Redis, sync_id: str) -> HealthStatus | None:
@@ -58,10 +68,8 @@ def due_now(engine: HealthEngine, client: redis.Redis, sync_id: str) -> bool:
 
 
 def test_a_batch_during_a_sweep_keeps_its_sync_due_or_is_judged_by_the_sweep(
-    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, feed: Feed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recent()
-    feed = Feed(client)
     engine = HealthEngine(PREFIX, feed.processor.engine.book)
     feed(*lifecycle("x"), cloudevent("sync.disabled", "x", {"reason": "paused"}, minute=6.5))
     engine.sweep(client, PARTITIONS)
@@ -95,10 +103,9 @@ def test_a_batch_during_a_sweep_keeps_its_sync_due_or_is_judged_by_the_sweep(
 
 def test_a_fanout_request_made_during_that_providers_fanout_is_served(
     client: redis.Redis,
+    feed: Feed,
 ) -> None:
-    recent()
-    feed = Feed(client)
-    engine = feed.processor.engine
+    engine = feed.engine
     ids = [f"s{i:02}" for i in range(50)]
     feed(*(e for sync_id in ids for e in lifecycle(sync_id, "acme")))
     scheduler = HealthScheduler(engine, client, lambda: PARTITIONS, interval=60)
@@ -132,10 +139,9 @@ def syncs_series(client: redis.Redis) -> dict[tuple[str, str], int]:
 
 def test_a_sync_deleted_after_a_provider_change_leaves_no_health_index_entry(
     client: redis.Redis,
+    feed: Feed,
 ) -> None:
-    recent()
-    feed = Feed(client)
-    engine = feed.processor.engine
+    engine = feed.engine
     feed(*lifecycle("gone", "a"), *lifecycle("kept", "a"))
     engine.sweep(client, PARTITIONS)
     assert syncs_series(client)[("a", "healthy")] == 2
@@ -156,10 +162,8 @@ def test_a_sync_deleted_after_a_provider_change_leaves_no_health_index_entry(
 
 
 def test_a_chunk_that_keeps_losing_its_watch_is_halved_and_each_change_queued_once(
-    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, feed: Feed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recent()
-    feed = Feed(client)
     engine = HealthEngine(PREFIX, feed.processor.engine.book)
     ids = [f"s{i}" for i in range(8)]
     feed(*(e for sync_id in ids for e in lifecycle(sync_id)))
@@ -183,10 +187,9 @@ def test_a_chunk_that_keeps_losing_its_watch_is_halved_and_each_change_queued_on
 
 def test_fanout_requests_left_by_the_previous_version_are_served_once(
     client: redis.Redis,
+    feed: Feed,
 ) -> None:
-    recent()
-    feed = Feed(client)
-    engine = feed.processor.engine
+    engine = feed.engine
     feed(*lifecycle("s1", "acme"), *lifecycle("s2", "other"))
     engine.sweep(client, PARTITIONS)
     feed(cloudevent("provider.incident.opened", "acme", {"incident_id": "i1"}, minute=6.5))

@@ -16,7 +16,7 @@ from monitor.services import RedisServer
 from monitor.simulate import history
 from monitor.store.counters import EventCounters
 from tests.eventlib import cloudevent, encode, expected_fold, produce_records, stored_state
-from tests.faultlib import read_topic
+from tests.faultlib import counted, read_topic, wait_counted
 from tests.support import fast_settings
 
 PREFIX = "outage"
@@ -73,6 +73,30 @@ def test_redis_down_then_back_loses_nothing(topics: Any, own_redis: RedisServer)
     assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
 
 
+Snapshot = list[tuple[Any, int, Any]]
+
+
+def snapshot_of(client: redis.Redis) -> Snapshot:
+    return [(key, client.pttl(key), client.dump(key)) for key in client.keys("*")]
+
+
+def roll_back(client: redis.Redis, snapshot: Snapshot) -> None:
+    """Redis as a replica that missed the writes since `snapshot` has it, in one step."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.flushdb()
+        for key, ttl, dumped in snapshot:
+            if dumped is not None:  # not gone between KEYS and DUMP (a drained outbox entry)
+                pipe.restore(key, max(ttl, 0), dumped, replace=True)
+        pipe.execute()
+
+
+def assert_the_pure_fold(url: str, prefix: str, produced: list[Any]) -> None:
+    expected_views, expected_counts = expected_fold(produced)
+    stored_views, stored_counts = stored_state(url, prefix, list(expected_views))
+    assert stored_counts == expected_counts
+    assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
+
+
 def test_redis_rolled_back_behind_the_committed_offsets_is_caught_up_by_replay(
     topics: Any, own_redis: RedisServer
 ) -> None:
@@ -86,35 +110,20 @@ def test_redis_rolled_back_behind_the_committed_offsets_is_caught_up_by_replay(
     settings = fast_settings(topics, own_redis.url, "rollback", kafka_max_batch=100)
     probe = redis.Redis.from_url(own_redis.url, socket_timeout=2)
 
-    def counted() -> int:
-        return sum(EventCounters("rollback").read(probe).values())
-
-    def wait_counted(n: int) -> None:
-        deadline = time.monotonic() + 60
-        while counted() < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert counted() == n
-
     with TestClient(create_app(settings)):
         produced = produce_records(topics.bootstrap, topics.lifecycle, records[:400])
-        wait_counted(400)
-        snapshot = [(key, probe.pttl(key), probe.dump(key)) for key in probe.keys("*")]
+        wait_counted(probe, "rollback", 400, 60)
+        snapshot = snapshot_of(probe)
         produced += produce_records(topics.bootstrap, topics.lifecycle, records[400:])
-        wait_counted(800)
-    probe.flushdb()  # Redis as the replica had it: the first 400 events' state alone
-    for key, ttl, dumped in snapshot:
-        if dumped is not None:  # not gone between KEYS and DUMP (a drained outbox entry)
-            probe.restore(key, max(ttl, 0), dumped)
-    assert counted() == 400
+        wait_counted(probe, "rollback", 800, 60)
+    roll_back(probe, snapshot)  # with the consumer stopped
+    assert counted(probe, "rollback") == 400
 
     with TestClient(create_app(settings)):
-        wait_counted(800)
+        wait_counted(probe, "rollback", 800, 60)
         time.sleep(1)  # nothing more arrives
-        assert counted() == 800
-    expected_views, expected_counts = expected_fold(produced)
-    stored_views, stored_counts = stored_state(own_redis.url, "rollback", list(expected_views))
-    assert stored_counts == expected_counts
-    assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
+        assert counted(probe, "rollback") == 800
+    assert_the_pure_fold(own_redis.url, "rollback", produced)
 
 
 def test_redis_rolled_back_under_a_running_consumer_is_caught_up_by_replay(
@@ -129,38 +138,21 @@ def test_redis_rolled_back_under_a_running_consumer_is_caught_up_by_replay(
     settings = fast_settings(topics, own_redis.url, "rollrun", kafka_max_batch=100)
     probe = redis.Redis.from_url(own_redis.url, socket_timeout=2)
 
-    def counted() -> int:
-        return sum(EventCounters("rollrun").read(probe).values())
-
-    def wait_counted(n: int) -> None:
-        deadline = time.monotonic() + 60
-        while counted() < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert counted() == n
-
     with TestClient(create_app(settings)):
         produced = produce_records(topics.bootstrap, topics.lifecycle, records[:400])
-        wait_counted(400)
-        snapshot = [(key, probe.pttl(key), probe.dump(key)) for key in probe.keys("*")]
+        wait_counted(probe, "rollrun", 400, 60)
+        snapshot = snapshot_of(probe)
         produced += produce_records(topics.bootstrap, topics.lifecycle, records[400:800])
-        wait_counted(800)
-        with probe.pipeline(transaction=True) as pipe:  # the failover, in one step
-            pipe.flushdb()
-            for key, ttl, dumped in snapshot:
-                if dumped is not None:
-                    pipe.restore(key, max(ttl, 0), dumped, replace=True)
-            pipe.execute()
-        assert counted() == 400
+        wait_counted(probe, "rollrun", 800, 60)
+        roll_back(probe, snapshot)  # while the consumer runs
+        assert counted(probe, "rollrun") == 400
         # with a dead letter in the first batch after the loss, which is read twice (the
         # batch is dropped and replayed) and must still go to the DLQ once
         poison = encode({k: v for k, v in cloudevent("sync.created", "s-x").items() if k != "time"})
         produced += produce_records(topics.bootstrap, topics.lifecycle, [poison, *records[800:]])
-        wait_counted(901)
+        wait_counted(probe, "rollrun", 901, 60)
         time.sleep(1)  # nothing more arrives
-        assert counted() == 901
+        assert counted(probe, "rollrun") == 901
     dead = read_topic(topics.bootstrap, topics.dlq, topics.partitions)
     assert len(dead) == 1
-    expected_views, expected_counts = expected_fold(produced)
-    stored_views, stored_counts = stored_state(own_redis.url, "rollrun", list(expected_views))
-    assert stored_counts == expected_counts
-    assert [k for k, v in expected_views.items() if stored_views[k] != v] == []
+    assert_the_pure_fold(own_redis.url, "rollrun", produced)
