@@ -30,20 +30,26 @@ RULE_FIELDS = frozenset(
 )  # fmt: skip
 
 
+# Deadlines are event times (before 2200) plus these: bounded, they stay far below the year
+# 9999 where datetime overflows (an "effectively never" of 1e12 s stopped every sweep).
+MAX_SECONDS = 3650 * 86400  # ten years, as the longest sync_frequency
+MAX_FACTOR = 100  # times an interval of ten years at most: a thousand years
+
+
 class Thresholds(BaseModel):
     """The contract's defaults; each can be overridden globally or per provider."""
 
     model_config = ConfigDict(frozen=True)
 
-    continuous_interval_seconds: float = Field(300, gt=0)
-    freshness_warn_factor: float = Field(1.0, gt=0)
-    freshness_error_factor: float = Field(2.0, gt=0)
+    continuous_interval_seconds: float = Field(300, gt=0, le=MAX_SECONDS)
+    freshness_warn_factor: float = Field(1.0, gt=0, le=MAX_FACTOR)
+    freshness_error_factor: float = Field(2.0, gt=0, le=MAX_FACTOR)
     failures_warn: int = Field(1, ge=1)
     failures_error: int = Field(3, ge=1)
-    rate_limit_window_seconds: float = Field(300, ge=0)
-    backfill_stall_seconds: float = Field(1800, gt=0)
-    no_activity_seconds: float = Field(600, gt=0)
-    hysteresis_seconds: float = Field(0, ge=0)
+    rate_limit_window_seconds: float = Field(300, ge=0, le=MAX_SECONDS)
+    backfill_stall_seconds: float = Field(1800, gt=0, le=MAX_SECONDS)
+    no_activity_seconds: float = Field(600, gt=0, le=MAX_SECONDS)
+    hysteresis_seconds: float = Field(0, ge=0, le=MAX_SECONDS)
 
     # (warn, error) pairs: a warn threshold past its error one could never be reached.
     ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (

@@ -20,6 +20,7 @@ from pydantic import Field, StringConstraints, ValidationError, field_validator,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from monitor.health import ThresholdBook, Thresholds
+from monitor.rules import MAX_FACTOR, MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,15 @@ class Settings(BaseSettings):
     api_max_page: Annotated[int, Field(ge=1, le=10_000)] = 500
 
     health_topic: Name = "sync.health"
-    health_continuous_interval_seconds: Annotated[float, Field(gt=0)] = 300
-    health_freshness_warn_factor: Annotated[float, Field(gt=0)] = 1.0
-    health_freshness_error_factor: Annotated[float, Field(gt=0)] = 2.0
+    health_continuous_interval_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 300
+    health_freshness_warn_factor: Annotated[float, Field(gt=0, le=MAX_FACTOR)] = 1.0
+    health_freshness_error_factor: Annotated[float, Field(gt=0, le=MAX_FACTOR)] = 2.0
     health_failures_warn: Annotated[int, Field(ge=1)] = 1
     health_failures_error: Annotated[int, Field(ge=1)] = 3
-    health_rate_limit_window_seconds: Annotated[float, Field(ge=0)] = 300
-    health_backfill_stall_seconds: Annotated[float, Field(gt=0)] = 1800
-    health_no_activity_seconds: Annotated[float, Field(gt=0)] = 600
-    health_hysteresis_seconds: Annotated[float, Field(ge=0)] = 0
+    health_rate_limit_window_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = 300
+    health_backfill_stall_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 1800
+    health_no_activity_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 600
+    health_hysteresis_seconds: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = 0
     # JSON, decoded by `_json` so a malformed value is reported like any other bad setting.
     health_provider_overrides: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
         default_factory=dict

@@ -1558,3 +1558,39 @@ def test_a_sync_created_again_publishes_changes_with_new_ids() -> None:
     at = first.in_status_since or first.evaluated_at
     assert ids[0] == f"{first.sync_id}:1:{round(at.timestamp() * 1000)}"
     assert json.loads(change_event(None, first)) == json.loads(change_event(None, first))
+
+
+def test_the_largest_thresholds_and_latest_times_still_give_a_deadline() -> None:
+    """Deadlines add thresholds to event times; unbounded, a threshold of 1e12 s overflowed
+    datetime in every sweep that met such a sync. At their bounds they stay far from it."""
+    biggest = Thresholds(
+        **{
+            name: rules_module.MAX_FACTOR if "factor" in name else rules_module.MAX_SECONDS
+            for name, info in Thresholds.model_fields.items()
+            if "seconds" in name or "factor" in name
+        }
+    )
+    late = datetime(2199, 12, 31, tzinfo=UTC)  # the latest event time decoding lets in
+    shift = late - CREATED
+    views = [
+        ready(sync_frequency="3650d"),
+        backfilling(),
+        ready(last_rate_limited_at=LAST_SUCCESS, consecutive_failures=1),
+        SyncView(id="sync-1", provider="acme", created_at=CREATED),  # no activity yet
+    ]
+    for view in views:
+        moved = view.model_copy(
+            update={k: v + shift for k, v in view.__dict__.items() if isinstance(v, datetime)}
+        )
+        now = late + timedelta(days=1)
+        health = evaluate(moved, now, biggest)
+        deadline = next_deadline(moved, now, biggest, health)
+        assert deadline is None or deadline > now
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in Thresholds.model_fields if "seconds" in n or "factor" in n]
+)
+def test_a_threshold_past_its_bound_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="less than or equal"):
+        Thresholds(**{name: 1e12})

@@ -284,3 +284,23 @@ def test_variables_set_by_kubernetes_and_scripts_are_not_warned_about(
     with caplog.at_level("WARNING", logger="monitor.settings"):
         assert load_settings().http_port == 8001
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"health_backfill_stall_seconds": 1e12}, "SYNCMON_HEALTH_BACKFILL_STALL_SECONDS"),
+        ({"health_freshness_error_factor": 1e9}, "SYNCMON_HEALTH_FRESHNESS_ERROR_FACTOR"),
+        (
+            {"health_provider_overrides": '{"acme": {"no_activity_seconds": 1e12}}'},
+            "SYNCMON_HEALTH_PROVIDER_OVERRIDES: acme.no_activity_seconds",
+        ),
+    ],
+)
+def test_a_threshold_too_large_for_a_deadline_stops_start_up(
+    values: dict[str, Any], variable: str
+) -> None:
+    """An "effectively never" of 1e12 s passed start-up, then overflowed datetime in every
+    sweep that met such a sync: the sweep stopped, and with it every sync's health."""
+    message = refused(**values)
+    assert variable in message and "less than or equal" in message, message
