@@ -18,7 +18,7 @@ from redis.exceptions import WatchError
 
 from consumers.decode import DecodeError, RawMessage, decode, type_label
 from monitor.engine import HealthEngine
-from monitor.enums import Outcome
+from monitor.enums import EventType, Outcome
 from monitor.events import Envelope, event_type
 from monitor.fold import Position, step
 from monitor.health import ThresholdBook, Thresholds
@@ -252,6 +252,7 @@ class Processor:
         syncs: dict[str, SyncView | None] = dict(old_syncs)
         providers: dict[str, ProviderView | None] = dict(old_providers)
         counts = result.counts
+        deleted: set[str] = set()  # syncs a `sync.deleted` of this batch removed
         for message, event, of_provider in events:
             at = Position(message.partition, message.offset)
             store: dict[str, SyncView | None] | dict[str, ProviderView | None]
@@ -259,6 +260,8 @@ class Processor:
             outcome_step = step(store[event.subject], event, at)
             store[event.subject] = outcome_step.view  # type: ignore[assignment]
             counts[(type_label(event.type), outcome_step.outcome.value)] += 1
+            if event.type == DELETED and outcome_step.outcome is Outcome.APPLIED:
+                deleted.add(event.subject)
         for dead in prepared.dead:
             if dead.message.offset > fences[dead.message.partition]:
                 counts[(dead.type_label, Outcome.INVALID.value)] += 1
@@ -277,6 +280,9 @@ class Processor:
         due_now: dict[int | None, list[str]] = {}
         for view, old in changes:
             if not view.deleted and view.known:
+                if view.id in deleted:  # and created again: a new sync, not the old one's health
+                    provider = old.provider if old is not None else None
+                    self.engine.forget(pipe, view.id, provider, view.applied.partition)
                 due_now.setdefault(view.applied.partition, []).append(view.id)
             else:
                 provider = old.provider if old is not None else None
@@ -300,7 +306,8 @@ class Processor:
 
 
 HOLD_WAIT = 0.05  # seconds between looks at a rebuild's switch-over hold
-EVALUATE_NOW = datetime.fromtimestamp(0, UTC)  # a deadline long past: due at the next tick
+EVALUATE_NOW = datetime.fromtimestamp(0, UTC)
+DELETED = EventType.SYNC_DELETED.value  # a deadline long past: due at the next tick
 
 
 def _is_provider(event: Envelope) -> bool:

@@ -22,7 +22,8 @@ from monitor.enums import HealthStatus
 from monitor.health import ThresholdBook, Thresholds
 from monitor.metrics import Selection, SyncmonCollector
 from monitor.scheduler import HealthScheduler
-from tests.eventlib import cloudevent, encode, lifecycle, recent
+from monitor.store.outbox import FIELD
+from tests.eventlib import cloudevent, encode, lifecycle, recent, sync_created
 
 PREFIX = "races"
 TOPIC = "sync.lifecycle"
@@ -230,3 +231,24 @@ def test_a_request_made_after_another_process_served_the_same_provider_is_not_dr
     assert set(again) == {"acme"} and again != read_by_one
     one.fanout.served(client, "acme", again["acme"])
     assert other.fanout.pending(client) == {}
+
+
+def test_a_sync_deleted_and_created_again_in_one_batch_starts_its_health_anew(
+    client: redis.Redis, feed: Feed
+) -> None:
+    """Split over two batches, the new sync's first change says `from: null`; in one batch the
+    old sync's stored health carried over (its status, its count of changes, its since)."""
+    engine = feed.engine
+    feed(*lifecycle("x"))
+    engine.sweep(client, PARTITIONS)
+    assert status_of(engine, client, "x") is HealthStatus.HEALTHY
+    client.delete(engine.outbox.key)
+    feed(
+        cloudevent("sync.deleted", "x", {}, minute=6.5),
+        cloudevent("sync.created", "x", sync_created("x"), minute=6.6),
+    )
+    engine.sweep(client, PARTITIONS)
+    changes: Any = client.xrange(engine.outbox.key)
+    events = [json.loads(fields[FIELD]) for _, fields in changes]
+    assert [(e["data"]["from"], e["data"]["to"]) for e in events] == [(None, "initializing")]
+    assert events[0]["id"].startswith("x:1:")  # the new sync's first change
