@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 from redis.client import Pipeline
@@ -47,6 +47,7 @@ EVENT_TYPE = "sync.health.changed"
 SOURCE = "//syncmon"
 CHUNK = 160  # WATCH costs Redis O(keys watched) per key (2 per sync): larger chunks cost more
 TRIES = 3  # WATCHes a chunk may lose before it is halved
+SET_ASIDE = timedelta(minutes=1)  # until a sync whose evaluation raised is tried again
 # (sync ids, the due partition each was found in) -> syncs evaluated: `evaluate_ids` elsewhere
 Evaluate = Callable[[list[str], dict[str, int]], int]
 _VALUES = {s: s.value for s in HealthStatus}  # `.value` is a slow descriptor on a hot path
@@ -228,21 +229,26 @@ class HealthEngine:
         incidents: Sequence[Incident],
         now: datetime,
     ) -> None:
-        """Checks are rendered only for a change event: nothing else stores or sends them."""
+        """Checks are rendered only for a change event: nothing else stores or sends them.
+
+        Everything is computed before the first write, so a sync whose evaluation raises
+        leaves nothing half-written in `writes` (the caller sets it aside and goes on)."""
         thresholds = self.book.for_provider(view.provider)
         a = assess(view, now, thresholds, incidents, previous)
         status = a.status
-        writes.healths[self.healths.key(view.id)] = self.healths.dump(a, row_of(view, a.verdicts))
+        stored = self.healths.dump(a, row_of(view, a.verdicts))
+        changed = previous is None or previous.status is not status
+        event = change_event(previous, health_of(view, incidents, a)) if changed else None
+        deadline = next_deadline(view, now, thresholds, a)
+        writes.healths[self.healths.key(view.id)] = stored
         if previous is None:
             writes.member(self.indexes.health_key(view.provider, status), view.id, True)
         elif previous.status is not status or indexed_provider(previous, view) != view.provider:
             old = self.indexes.health_key(indexed_provider(previous, view), previous.status)
             writes.member(old, view.id, False)
             writes.member(self.indexes.health_key(view.provider, status), view.id, True)
-        if previous is None or previous.status is not status:
-            event = change_event(previous, health_of(view, incidents, a))
+        if event is not None:
             writes.events.append((view.id, event))
-        deadline = next_deadline(view, now, thresholds, a)
         writes.schedule(self._due_key(view.applied.partition), view.id, deadline)
 
     def _forget(
@@ -352,7 +358,12 @@ class HealthEngine:
                 provider = previous.m.p if previous is not None and previous.m else None
                 self._forget(writes, sync_id, provider, home)
                 continue
-            self._stage(writes, view, previous, incidents_of(providers, view.provider), now)
+            try:
+                self._stage(writes, view, previous, incidents_of(providers, view.provider), now)
+            except Exception:  # one sync's bug must not stop every other sync's health
+                log.exception("health of sync %s not evaluated; tried again later", sync_id)
+                writes.schedule(self._due_key(home), sync_id, now + SET_ASIDE)
+                continue
             staged += 1
         pipe.multi()
         writes.queue(pipe, self.outbox)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+import monitor.engine as engine_module
 from consumers.decode import RawMessage
 from consumers.processor import Processor
 from monitor.engine import TRIES, HealthEngine
@@ -252,3 +253,34 @@ def test_a_sync_deleted_and_created_again_in_one_batch_starts_its_health_anew(
     events = [json.loads(fields[FIELD]) for _, fields in changes]
     assert [(e["data"]["from"], e["data"]["to"]) for e in events] == [(None, "initializing")]
     assert events[0]["id"].startswith("x:1:")  # the new sync's first change
+
+
+def test_a_sync_whose_evaluation_raises_is_set_aside_and_the_others_go_on(
+    client: redis.Redis, feed: Feed, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """One sync's evaluation raising (a rule's bug, a date overflow) stopped the whole sweep
+    and, as it stayed due first, every later one: no sync's health changed any more."""
+    engine = feed.engine
+    ids = ["a", "bad", "c"]
+    feed(*(e for sync_id in ids for e in lifecycle(sync_id)))
+    real = engine_module.next_deadline
+
+    def failing(view: Any, *args: Any) -> Any:
+        if view.id == "bad":
+            raise OverflowError("date value out of range")
+        return real(view, *args)
+
+    monkeypatch.setattr(engine_module, "next_deadline", failing)
+    assert engine.sweep(client, PARTITIONS) == 2
+    assert status_of(engine, client, "a") is status_of(engine, client, "c") is HealthStatus.HEALTHY
+    assert status_of(engine, client, "bad") is None  # nothing half-written
+    changes: Any = client.xrange(engine.outbox.key)
+    assert sorted(e[1][b"sync_id"].decode() for e in changes) == ["a", "c"]
+    assert "health of sync bad not evaluated" in caplog.text
+    assert not due_now(engine, client, "bad")  # set aside for a minute, not first in line
+    later = engine.clock() + engine_module.SET_ASIDE
+    assert client.zscore(engine.due.key(0), "bad") == pytest.approx(later.timestamp(), abs=5)
+    monkeypatch.setattr(engine_module, "next_deadline", real)
+    monkeypatch.setattr(engine, "clock", lambda: later)
+    engine.sweep(client, PARTITIONS)
+    assert status_of(engine, client, "bad") is not None
