@@ -279,14 +279,12 @@ class Processor:
         )
         due_now: dict[int | None, list[str]] = {}
         for view, old in changes:
-            if not view.deleted and view.known:
-                if view.id in deleted:  # and created again: a new sync, not the old one's health
-                    provider = old.provider if old is not None else None
-                    self.engine.forget(pipe, view.id, provider, view.applied.partition)
-                due_now.setdefault(view.applied.partition, []).append(view.id)
-            else:
+            live = not view.deleted and view.known
+            if not live or view.id in deleted:  # gone, or created again: not the old health
                 provider = old.provider if old is not None else None
                 self.engine.forget(pipe, view.id, provider, view.applied.partition)
+            if live:
+                due_now.setdefault(view.applied.partition, []).append(view.id)
             result.touched.add(view.id)
         for partition, ids in due_now.items():
             self.due.schedule_many(pipe, partition, ids, EVALUATE_NOW)
@@ -306,8 +304,8 @@ class Processor:
 
 
 HOLD_WAIT = 0.05  # seconds between looks at a rebuild's switch-over hold
-EVALUATE_NOW = datetime.fromtimestamp(0, UTC)
-DELETED = EventType.SYNC_DELETED.value  # a deadline long past: due at the next tick
+EVALUATE_NOW = datetime.fromtimestamp(0, UTC)  # a deadline long past: due at the next tick
+DELETED = EventType.SYNC_DELETED.value
 
 
 def _is_provider(event: Envelope) -> bool:

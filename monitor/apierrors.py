@@ -53,6 +53,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(503, "store_unavailable", "the view store (Redis) is not answering")
 
 
+def accepted_query(route: APIRoute) -> tuple[str, ...]:
+    """Once per route, kept on it, not per request: what it takes does not change."""
+    accepted: tuple[str, ...] | None = getattr(route, _ACCEPTED, None)
+    if accepted is None:
+        accepted = tuple(query_names(route.dependant))
+        setattr(route, _ACCEPTED, accepted)
+    return accepted
+
+
+_ACCEPTED = "_syncmon_accepted_query"
+
+
 def query_names(dependant: Any) -> list[str]:
     """The query parameters a route takes, its dependencies' included, in declared order."""
     names: list[str] = [field.alias for field in dependant.query_params]
@@ -63,7 +75,7 @@ def strict_query(request: Request) -> None:
     """Every /v1 route refuses parameters it does not take, or takes once and gets twice:
     ignoring them answered a misspelt filter with everything (see `query_problems`)."""
     route = request.scope.get("route")
-    accepted = query_names(route.dependant) if isinstance(route, APIRoute) else []
+    accepted = accepted_query(route) if isinstance(route, APIRoute) else ()
     problems = query_problems(request.query_params.multi_items(), accepted)
     if problems:
         raise ApiError(400, "invalid_request", "; ".join(problems))

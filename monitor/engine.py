@@ -218,7 +218,8 @@ class HealthEngine:
 
     def request_fanout(self, pipe: Client, providers: Iterable[str]) -> None:
         """Durably asks for a provider's syncs to be re-evaluated (incident opened or closed);
-        counted, so a fan-out running meanwhile cannot take this request for the one it serves."""
+        a new token, so a fan-out running meanwhile cannot take this request for the one it
+        serves."""
         self.fanout.request(pipe, providers)
 
     def _stage(
@@ -313,9 +314,9 @@ class HealthEngine:
         no other came meanwhile (that one is served at the next tick, which it woke)."""
         done = 0
         run = evaluate or self._here(client)
-        for name, count in self.fanout.pending(client).items():
+        for name, token in self.fanout.pending(client).items():
             done += run(self.indexes.members(client, "provider", name), {})
-            self.fanout.served(client, name, count)
+            self.fanout.served(client, name, token)
         return done
 
     def _here(self, client: Redis) -> Evaluate:
