@@ -277,9 +277,9 @@ PROCESSOR = "consumers/processor.py"
 BUCKETS: list[tuple[str, str, str]] = [
     ("consumers/decode.py", "*", "decode (consumers.decode)"),
     ("monitor/fold.py", "*", "fold (monitor.fold.step)"),
-    ("monitor/store/syncs.py", "parse", "parse stored views/health (pydantic JSON)"),
-    ("pydantic/main.py", "model_validate_json", "parse stored views/health (pydantic JSON)"),
-    ("monitor/store/syncs.py", "put", "serialize + queue view SETs"),
+    ("monitor/store/syncs.py", "put_many", "serialize + compress + queue view SETs"),
+    ("monitor/store/syncs.py", "*", "read + parse stored views (MGET, pydantic JSON)"),
+    ("pydantic/main.py", "model_validate_json", "read + parse stored views (MGET, pydantic JSON)"),
     ("monitor/engine.py", "*", "health (monitor.engine/health: evaluate, serialize, queue)"),
     ("monitor/health.py", "*", "health (monitor.engine/health: evaluate, serialize, queue)"),
     ("monitor/store/health.py", "*", "health (monitor.engine/health: evaluate, serialize, queue)"),
