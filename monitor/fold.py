@@ -104,7 +104,15 @@ def _record(view: V, event: Envelope, at: Position | None) -> V:
         at.partition if at else None,
         at.offset if at else None,
     )
-    return evolve(view, **{"applied": applied, "last_event_at": event.time})
+    return evolve(
+        view, **{"applied": applied, "last_event_at": _latest(view.last_event_at, event.time)}
+    )
+
+
+def _latest(seen: datetime | None, time: datetime) -> datetime:
+    """Events of one sync can carry times out of order: its "last" is the latest, not the last
+    delivered, so a late event with an older time never moves it back."""
+    return time if seen is None or time > seen else seen
 
 
 def _data(event: Envelope) -> Any:
@@ -154,25 +162,23 @@ def _updated(view: SyncView, event: Envelope) -> SyncView:
 
 def _disabled(view: SyncView, event: Envelope) -> SyncView:
     data: Empty = _data(event)
-    changed = view.status is not SyncStatus.DISABLED
-    return evolve(
-        view,
-        **{
-            "status": SyncStatus.DISABLED,
-            "disabled_reason": data.reason,
-            "status_changed_at": event.time if changed else view.status_changed_at,
-        },
-    )
+    return _set_status(view, SyncStatus.DISABLED, data.reason, event.time)
 
 
 def _enabled(view: SyncView, event: Envelope) -> SyncView:
-    changed = view.status is not SyncStatus.ACTIVE
+    return _set_status(view, SyncStatus.ACTIVE, None, event.time)
+
+
+def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: datetime) -> SyncView:
+    """A status change updates the sync, as a `sync.updated` of `status` does."""
+    changed = view.status is not status
     return evolve(
         view,
         **{
-            "status": SyncStatus.ACTIVE,
-            "disabled_reason": None,
-            "status_changed_at": event.time if changed else view.status_changed_at,
+            "status": status,
+            "disabled_reason": reason,
+            "status_changed_at": time if changed else view.status_changed_at,
+            "updated_at": time if changed else view.updated_at,
         },
     )
 
@@ -182,13 +188,28 @@ def _deleted(view: SyncView, event: Envelope) -> SyncView:
 
 
 def _activity(view: SyncView, time: datetime, **update: Any) -> SyncView:
-    update.setdefault("first_activity_at", view.first_activity_at or time)
+    first = view.first_activity_at
+    update["first_activity_at"] = time if first is None or time < first else first
     return evolve(view, **update)
+
+
+def _is_newer(run: LastRun | None, time: datetime) -> bool:
+    """Whether an event of `time` may replace the run the view shows: a late event of an
+    older run (or an older event of this one) must not."""
+    if run is None:
+        return True
+    shown = run.finished_at or run.started_at
+    return shown is None or time >= shown
 
 
 def _run_started(view: SyncView, event: Envelope) -> SyncView:
     data: RunStarted = _data(event)
-    return _activity(view, event.time, last_run=LastRun(run_id=data.run_id, started_at=event.time))
+    run = view.last_run
+    if _is_newer(run, event.time):
+        run = LastRun(run_id=data.run_id, started_at=event.time)
+    elif run is not None and run.run_id == data.run_id and run.started_at is None:
+        run = evolve(run, started_at=event.time)  # the start of the run shown, delivered late
+    return _activity(view, event.time, last_run=run)
 
 
 def _run_of(view: SyncView, run_id: str) -> LastRun:
@@ -199,39 +220,48 @@ def _run_of(view: SyncView, run_id: str) -> LastRun:
 
 def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
     data: RunSucceeded = _data(event)
-    run = evolve(
-        _run_of(view, data.run_id),
-        **{
-            "finished_at": event.time,
-            "succeeded": True,
-            "records_upserted": data.records_upserted,
-            "records_deleted": data.records_deleted,
-            "duration_ms": data.duration_ms,
-            "error": None,
-        },
-    )
+    time, run = event.time, view.last_run
+    if _is_newer(run, time):
+        run = evolve(
+            _run_of(view, data.run_id),
+            **{
+                "finished_at": time,
+                "succeeded": True,
+                "records_upserted": data.records_upserted,
+                "records_deleted": data.records_deleted,
+                "duration_ms": data.duration_ms,
+                "error": None,
+            },
+        )
+    # A success resets the failures in a row, unless one of them came after it.
+    failed = view.last_failure_at
     return _activity(
         view,
-        event.time,
+        time,
         last_run=run,
-        last_success_at=event.time,
-        consecutive_failures=0,
+        last_success_at=_latest(view.last_success_at, time),
+        consecutive_failures=0 if failed is None or time >= failed else view.consecutive_failures,
         runs_succeeded=view.runs_succeeded + 1,
     )
 
 
 def _run_failed(view: SyncView, event: Envelope) -> SyncView:
     data: RunFailed = _data(event)
-    run = evolve(
-        _run_of(view, data.run_id),
-        **{"finished_at": event.time, "succeeded": False, "error": data.error},
-    )
+    time, run = event.time, view.last_run
+    if _is_newer(run, time):
+        run = evolve(
+            _run_of(view, data.run_id),
+            **{"finished_at": time, "succeeded": False, "error": data.error},
+        )
+    # A failure from before the latest success was reset by it: it is not "in a row".
+    succeeded = view.last_success_at
+    in_row = succeeded is None or time >= succeeded
     return _activity(
         view,
-        event.time,
+        time,
         last_run=run,
-        last_failure_at=event.time,
-        consecutive_failures=view.consecutive_failures + 1,
+        last_failure_at=_latest(view.last_failure_at, time),
+        consecutive_failures=view.consecutive_failures + (1 if in_row else 0),
         runs_failed=view.runs_failed + 1,
     )
 
@@ -256,6 +286,8 @@ def _credential_recovered(view: SyncView, event: Envelope) -> SyncView:
 
 def _rate_limited(view: SyncView, event: Envelope) -> SyncView:
     data: RateLimited = _data(event)
+    if view.last_rate_limited_at is not None and event.time < view.last_rate_limited_at:
+        return view  # an older rate limit: the later one already sets the window
     return evolve(
         view,
         **{
@@ -274,7 +306,7 @@ def _backfill_started(view: SyncView, event: Envelope) -> SyncView:
         event.time,
         backfill=backfill,
         backfill_started_at=event.time,
-        last_backfill_event_at=event.time,
+        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
     )
 
 
@@ -298,7 +330,7 @@ def _backfill_progressed(view: SyncView, event: Envelope) -> SyncView:
         view,
         event.time,
         backfill={**view.backfill, data.collection_id: new},
-        last_backfill_event_at=event.time,
+        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
     )
 
 
@@ -312,7 +344,7 @@ def _collection_completed(view: SyncView, event: Envelope) -> SyncView:
         view,
         event.time,
         backfill={**view.backfill, data.collection_id: new},
-        last_backfill_event_at=event.time,
+        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
     )
     return _complete_backfill(view, event.time)
 

@@ -367,6 +367,16 @@ CASES: list[Case] = [
         [created(), simple(EventType.SYNC_ENABLED, 3)],
         {"status": SyncStatus.ACTIVE, "status_changed_at": None},
     ),
+    Case(
+        "disabled_and_enabled_update_the_sync",
+        [created(minute=0), simple(EventType.SYNC_DISABLED, 2), simple(EventType.SYNC_ENABLED, 5)],
+        {"updated_at": t(5), "status_changed_at": t(5)},
+    ),
+    Case(
+        "disabled_when_disabled_keeps_updated_at",
+        [created(minute=0), simple(EventType.SYNC_DISABLED, 2), simple(EventType.SYNC_DISABLED, 4)],
+        {"updated_at": t(2), "last_event_at": t(4)},
+    ),
     # -- sync.deleted ---------------------------------------------------------------------
     Case(
         "deleted_is_a_tombstone",
@@ -493,6 +503,49 @@ CASES: list[Case] = [
         [created(), run_failed(1), run_succeeded(2)],
         {"consecutive_failures": 0, "last_run.error": None, "last_run.succeeded": True},
     ),
+    # Event times out of log order (a late delivery): "last" means latest, and a success
+    # resets only the failures before it.
+    Case(
+        "late_older_success_does_not_move_last_success_back",
+        [created(), run_succeeded(20, run_id="r2"), run_succeeded(5, run_id="r1")],
+        {
+            "last_success_at": t(20),
+            "runs_succeeded": 2,
+            "last_run.run_id": "r2",
+            "last_event_at": t(20),
+        },
+    ),
+    Case(
+        "late_failure_from_before_the_success_is_not_in_a_row",
+        [created(), run_succeeded(5, run_id="r2"), run_failed(4, run_id="r1")],
+        {
+            "consecutive_failures": 0,
+            "runs_failed": 1,
+            "last_failure_at": t(4),
+            "last_run.run_id": "r2",
+            "last_run.succeeded": True,
+        },
+    ),
+    Case(
+        "late_success_from_before_the_failures_does_not_reset_them",
+        [created(), run_failed(6, run_id="r2"), run_failed(7, run_id="r3"), run_succeeded(5)],
+        {"consecutive_failures": 2, "last_success_at": t(5), "last_run.run_id": "r3"},
+    ),
+    Case(
+        "failure_at_the_same_time_as_the_success_counts",
+        [created(), run_succeeded(5, run_id="r1"), run_failed(5, run_id="r2")],
+        {"consecutive_failures": 1, "last_run.run_id": "r2"},
+    ),
+    Case(
+        "late_start_of_the_run_shown_fills_its_start",
+        [created(), run_succeeded(5, run_id="r1"), simple(EventType.RUN_STARTED, 3, run_id="r1")],
+        {"last_run.started_at": t(3), "last_run.finished_at": t(5), "first_activity_at": t(3)},
+    ),
+    Case(
+        "late_start_of_an_older_run_keeps_the_run_shown",
+        [created(), run_succeeded(5, run_id="r2"), simple(EventType.RUN_STARTED, 3, run_id="r1")],
+        {"last_run.run_id": "r2", "last_run.succeeded": True, "first_activity_at": t(3)},
+    ),
     # -- credential -----------------------------------------------------------------------
     Case(
         "credential_failed",
@@ -525,6 +578,15 @@ CASES: list[Case] = [
             created(),
             simple(EventType.RATE_LIMITED, 4, retry_after_seconds=30),
             simple(EventType.RATE_LIMITED, 5, retry_after_seconds=1.5),
+        ],
+        {"last_rate_limited_at": t(5), "retry_after_seconds": 1.5},
+    ),
+    Case(
+        "rate_limited_late_older_one_changes_nothing",
+        [
+            created(),
+            simple(EventType.RATE_LIMITED, 5, retry_after_seconds=1.5),
+            simple(EventType.RATE_LIMITED, 4, retry_after_seconds=30),
         ],
         {"last_rate_limited_at": t(5), "retry_after_seconds": 1.5},
     ),
@@ -563,6 +625,16 @@ CASES: list[Case] = [
             "backfill_started_at": t(1),
             "initial_backfill_completed_at": None,
         },
+    ),
+    Case(
+        "backfill_late_older_progress_does_not_move_its_last_event_back",
+        [
+            created(collection_ids=["c1", "c2"]),
+            started(1),
+            progressed(40, "c1", 50),
+            progressed(5, "c2", 10),
+        ],
+        {"last_backfill_event_at": t(40), "backfill.c2.records_synced": 10},
     ),
     Case(
         "backfill_ratio_capped_and_unknown_total",
