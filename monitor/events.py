@@ -85,11 +85,14 @@ def _finite(value: Any) -> Any:
 
 
 def _frequency(value: str) -> str:
-    """`continuous` or `<n>[smhd]` (ASCII digits) of at most ten years."""
+    """`continuous` or `<n>[smhd]` (ASCII digits) from 1s to ten years: `0m` would be a sync
+    expected to succeed every instant, stale a millisecond after each success."""
     if value != "continuous":
         seconds = int(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
         if seconds > MAX_FREQUENCY_SECONDS:
             raise ValueError("must be at most 3650d")
+        if seconds == 0:
+            raise ValueError("must be at least 1s (or continuous)")
     return value
 
 

@@ -88,7 +88,7 @@ _seed_time = _times.map(lambda t: t.isoformat()) | _times.map(
 
 _frequency = st.just("continuous") | st.sampled_from(
     [("d", 3650), ("h", 87600), ("m", 87600 * 60), ("s", 87600 * 3600)]
-).flatmap(lambda u: st.builds("{}{}".format, st.integers(0, u[1]), st.just(u[0])))
+).flatmap(lambda u: st.builds("{}{}".format, st.integers(1, u[1]), st.just(u[0])))
 
 _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "name": st.none() | _text,
@@ -670,6 +670,9 @@ DEAD = [
                                     data={"retry_after_seconds": 10**400}), "retry_after"),
     ("frequency_overflows", _event(data={"provider": "p", "sync_frequency": "99999999999d"}),
      "sync_frequency"),
+    ("frequency_zero", _event(data={"provider": "p", "sync_frequency": "0m"}), "at least 1s"),
+    ("frequency_zero_padded", _event(data={"provider": "p", "sync_frequency": "000s"}),
+     "at least 1s"),
     ("frequency_unicode_digits", _event(data={"provider": "p", "sync_frequency": "٤h"}),
      "sync_frequency"),
     ("sequence_over_int64", _event(sequence=2**64), "sequence"),
