@@ -131,8 +131,8 @@ def assess(
     lim = limits(thresholds)
     found = current_verdicts(view, now, lim, incidents)
     worst = max((v.status for v in found), key=_RANK.__getitem__)
-    status, pending, pending_since = _settle(worst, found, now, lim, previous)
-    since = _status_since(status, found, now, previous)
+    status, pending, pending_since = _settle(worst, found, now, lim, previous, view.created_at)
+    since = _status_since(status, found, now, previous, view.created_at)
     return Assessment(
         status,
         found,
@@ -227,28 +227,37 @@ def _settle(
     now: datetime,
     lim: Limits,
     previous: History | None,
+    created: datetime | None = None,
 ) -> tuple[HealthStatus, HealthStatus | None, datetime | None]:
     """With hysteresis, a new status must hold `hysteresis_seconds` before it is the status."""
     if previous is None or lim.t.hysteresis_seconds <= 0 or worst is previous.status:
         return worst, None, None
     if worst is HealthStatus.PAUSED or previous.status is HealthStatus.PAUSED:
         return worst, None, None  # an operator's disable or enable is never held back
-    pending_since = _began(worst, found, now, previous)
+    pending_since = _began(worst, found, now, previous, created)
     if now - pending_since >= lim.hysteresis:
         return worst, None, None
     return previous.status, worst, pending_since
 
 
 def _status_since(
-    status: HealthStatus, found: Sequence[Verdict], now: datetime, previous: History | None
+    status: HealthStatus,
+    found: Sequence[Verdict],
+    now: datetime,
+    previous: History | None,
+    created: datetime | None = None,
 ) -> datetime:
     if previous is not None and previous.status is status and previous.in_status_since:
         return previous.in_status_since
-    return _began(status, found, now, previous)
+    return _began(status, found, now, previous, created)
 
 
 def _began(
-    status: HealthStatus, found: Sequence[Verdict], now: datetime, previous: History | None
+    status: HealthStatus,
+    found: Sequence[Verdict],
+    now: datetime,
+    previous: History | None,
+    created: datetime | None = None,
 ) -> datetime:
     """When `status` began: a worse one when its checks crossed their thresholds, a better one
     now (the checks of a better status do not say when the worse one ended)."""
@@ -257,9 +266,10 @@ def _began(
     if previous is not None and status.rank < previous.status.rank:
         return now
     started = min((c.since for c in found if c.status is status and c.since), default=now)
-    floor = previous.evaluated_at if previous is not None else None
-    if floor is not None and started < floor:
-        started = floor  # it cannot have begun before the last evaluation that saw otherwise
+    # Not before the last evaluation that saw otherwise, nor before the sync existed.
+    for floor in (previous.evaluated_at if previous is not None else None, created):
+        if floor is not None and started < floor:
+            started = floor
     return min(started, now)
 
 

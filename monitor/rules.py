@@ -187,7 +187,11 @@ def check_freshness(view: SyncView, now: datetime, lim: Limits) -> Verdict:
     elif elapsed > warn:
         status, since = WARN, base + warn
     else:
-        return Verdict("freshness", OK, None, lambda: f"last success {_ago(ago)} ago")
+        if base is last:
+            return Verdict("freshness", OK, None, lambda: f"last success {_ago(ago)} ago")
+        return Verdict(
+            "freshness", OK, None, lambda: f"no success yet; backfill completed {_ago(ago)} ago"
+        )
 
     def message() -> str:
         what = "successful run" if base is last else "successful run since the backfill"
@@ -245,8 +249,11 @@ def check_provider(view: SyncView, now: datetime, incidents: Sequence[Incident])
         notes = "; ".join(n for i in incidents for n in i.notes) or "no details"
         return f"{view.provider} has {len(incidents)} open incident(s): {notes}"
 
-    first = min(incidents, key=lambda i: i.opened_at)
-    return Verdict("provider", WARN, first.opened_at, message)
+    since = min(i.opened_at for i in incidents)
+    created = view.created_at
+    if created is not None and since < created:
+        since = created  # an incident opened before the sync existed hit it at its creation
+    return Verdict("provider", WARN, since, message)
 
 
 def _backfill_complete() -> str:

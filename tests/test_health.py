@@ -1003,6 +1003,21 @@ def test_worse_status_begins_at_its_crossing_but_not_before_the_last_evaluation(
     assert h.transitions == 3
 
 
+def test_an_incident_older_than_the_sync_dates_its_warn_from_the_sync_s_creation() -> None:
+    """A sync created during an open incident of its provider: its warn (and the health change
+    published for it) began when the sync began, not when the incident opened a day before."""
+    old = (incident(CREATED - timedelta(days=1), "since yesterday"),)
+    h = evaluate(bare(first_activity_at=CREATED + SEC), CREATED + MIN, DEFAULT, old)
+    assert (h.status, h.in_status_since) == (WARN, CREATED)
+    assert check_of(h, "provider").since == CREATED
+
+
+def test_freshness_message_before_any_success_names_the_backfill() -> None:
+    view = ready(last_success_at=None, runs_succeeded=0)
+    health = evaluate(view, BACKFILL_DONE + 2 * MIN)
+    assert check_of(health, "freshness").message == "no success yet; backfill completed 2 min ago"
+
+
 def test_first_evaluation_counts_one_transition() -> None:
     h = evaluate(bare(), CREATED)
     assert (h.status, h.transitions, h.in_status_since) == (INIT, 1, CREATED)
