@@ -392,7 +392,7 @@ one warm-up then the median (min / max) of {args.repeat}, in this process with `
 HTTP: one GET /metrics (after a warm-up GET) through `create_app(settings, consume=False)` \
 under uvicorn in a thread of the same process, fetched by `curl` (a separate process, \
 as Prometheus is), time to the whole body; it \
-adds the route, the Redis ping of `refresh`, the process-local metrics and the transfer. \
+adds the route, the process-local metrics and the transfer. \
 "syncs with series" counts `syncmon_sync_info` lines. "Other processes' CPU" is what the \
 rest of the machine used during the timed renders, in /proc/stat ticks (shown only when the \
 renders took >= 1 s in all).

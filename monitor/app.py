@@ -63,6 +63,11 @@ def check_redis(settings: Settings) -> None:
         probe.close()
 
 
+# Seconds a scrape waits on one Redis reply: with Redis hung, /metrics still answers (process
+# metrics, `syncmon_redis_connected 0`) well within Prometheus's default 10 s scrape timeout.
+SCRAPE_REDIS_TIMEOUT = 2.0
+
+
 def wake(result: BatchResult, scheduler: HealthScheduler | None) -> None:
     """Evaluate the syncs a batch touched (and any provider fan-out) now, not at the next tick."""
     if (result.touched or result.providers) and scheduler is not None:
@@ -79,12 +84,9 @@ def selection_of(settings: Settings) -> Selection:
     )
 
 
-def refresh(process: ProcessMetrics, consumer: SyncConsumer | None, client: redis.Redis) -> None:
-    """Brings the process gauges up to date just before a scrape renders them."""
-    try:
-        process.redis.set(1 if client.ping() else 0)
-    except RedisError:
-        process.redis.set(0)
+def refresh(process: ProcessMetrics, consumer: SyncConsumer | None) -> None:
+    """Brings the process gauges up to date just before a scrape renders them (the collector
+    sets `syncmon_redis_connected` from its own reads)."""
     if consumer is not None:
         process.kafka.set(1 if consumer.kafka_connected else 0)
         process.in_group.set(1 if consumer.in_group else 0)
@@ -116,12 +118,15 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
                 workers,
             )
             publisher = HealthPublisher(settings, redis_client(settings))
+        scrape_client = redis_client(settings, socket_timeout=SCRAPE_REDIS_TIMEOUT)
         app.state.collector = SyncmonCollector(
-            client,
+            # Its own client with a short timeout: a hung Redis must cost a scrape seconds,
+            # within Prometheus's 10 s, so the scrape still answers with process metrics.
+            scrape_client,
             settings.redis_prefix,
             selection_of(settings),
             process,
-            refresh=lambda: refresh(process, consumer, client),
+            refresh=lambda: refresh(process, consumer),
         )
         app.state.runtime = Runtime(settings, client)
         app.state.consumer = consumer
@@ -138,6 +143,7 @@ def create_app(settings: Settings, consume: bool = True) -> FastAPI:
                 if part is not None:
                     part.stop()
             client.close()
+            scrape_client.close()
 
     app = FastAPI(
         title="syncmon",

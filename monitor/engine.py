@@ -111,7 +111,11 @@ def row_of(view: SyncView, found: Iterable[Verdict | Check]) -> SyncRow:
     if complete or not backfill:
         ratio: float | None = None  # if complete, `bc` says so
     else:
-        ratio = sum(p.ratio or 0.0 for p in backfill.values()) / len(backfill)
+        # Over the collections completion waits for (as the fold's), not only those heard of:
+        # one of four done is 25%, not 100%.
+        required = view.collection_ids or tuple(backfill)
+        progress = (backfill.get(cid) for cid in required)
+        ratio = sum((p.ratio or 0.0) if p else 0.0 for p in progress) / len(required)
     return trusted(
         SyncRow,
         {

@@ -117,6 +117,16 @@ def _escape(value: Any) -> str:
     return s
 
 
+MAX_LABEL = 256  # characters of a free-text label value (a sync's name), as ids are bounded
+
+
+def _label(value: str | None) -> str | None:
+    """A name is the producers' free text: cut so one sync cannot bloat every scrape."""
+    if value is None or len(value) <= MAX_LABEL:
+        return value
+    return value[: MAX_LABEL - 1] + "…"
+
+
 def _num(value: Any) -> str:
     return (
         "NaN" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
@@ -177,8 +187,16 @@ class SyncmonCollector:
             yield generate_latest(self.process.registry)
             return
         yield aggregates.encode()
-        yield from (block.encode() for block in self._per_sync())
+        try:
+            # every read happens before the first per-sync block: no family is cut short
+            yield from (block.encode() for block in self._per_sync())
+            connected = 1
+        except RedisError:
+            if self.process is None:
+                raise
+            connected = 0
         if self.process is not None:
+            self.process.redis.set(connected)
             yield generate_latest(self.process.registry)
 
     def _aggregates(self) -> str:
@@ -217,7 +235,10 @@ class SyncmonCollector:
             "syncmon_provider_incidents_open", "gauge", "Open incidents per provider."
         )
         views = self.providers.all(r)
-        for p in sorted(set(providers) | set(views)):
+        # Providers with syncs, and any with an open incident: `provider.*` subjects are the
+        # producers' to choose, so one never seen with a sync leaves no series once resolved.
+        opened = {p for p, v in views.items() if v.incidents}
+        for p in sorted(set(providers) | opened):
             n = len(views[p].incidents) if p in views else 0
             incidents.lines.append(
                 f'syncmon_provider_incidents_open{{provider="{_escape(p)}"}} {n}\n'
@@ -265,7 +286,7 @@ class SyncmonCollector:
                 continue
             base = f'sync_id="{_escape(sync_id)}",provider="{_escape(provider)}"'
             info.append(
-                f'syncmon_sync_info{{{base},org_id="{_escape(org)}",name="{_escape(row.get("n"))}"'
+                f'syncmon_sync_info{{{base},org_id="{_escape(org)}",name="{_escape(_label(row.get("n")))}"'
                 f',sync_frequency="{_escape(row.get("f"))}"}} 1\n'
             )
             a, b, c, d, e = STATE_VALUES.get(status, ZEROS)

@@ -316,11 +316,11 @@ def _env_name(word: str, thresholds: Iterable[str]) -> str:
     return f"{ENV_PREFIX}HEALTH_{word.upper()}" if word in thresholds else word
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings, socket_timeout: float = 5) -> redis.Redis:
     """Short timeouts so an unreachable Redis is noticed and retried, not waited on forever."""
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=5,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=3,
         health_check_interval=15,
     )

@@ -7,10 +7,15 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.app import create_app
+from consumers.decode import RawMessage
+from consumers.processor import Processor
+from monitor.app import SCRAPE_REDIS_TIMEOUT, create_app
+from monitor.metrics import MAX_LABEL, Selection, SyncmonCollector
+from monitor.services import RedisServer
 from monitor.settings import Settings
 from tests.eventlib import cloudevent, encode, lifecycle, produce_records, recent
 from tests.support import fast_settings
@@ -166,3 +171,83 @@ def test_metrics_basic_auth(topics: Any, redis_url: str) -> None:
         assert client.get("/metrics", headers={"Authorization": f"Basic {bad}"}).status_code == 401
         good = base64.b64encode(b"prom:s3cret").decode()
         assert scrape(client, Authorization=f"Basic {good}")["syncmon_build_info"]
+
+
+def _fold(url: str, prefix: str, events: list[dict[str, Any]], offset: int = 0) -> None:
+    """Events through the real Processor and one sweep, as the consumer and scheduler do."""
+    messages = [RawMessage("t", 0, offset + i, *encode(e)) for i, e in enumerate(events)]
+    with redis.Redis.from_url(url) as r:
+        processor = Processor(r, prefix, "t")
+        prepared, _ = processor.process(messages)
+        assert not prepared.dead, prepared.dead
+        processor.engine.sweep(r, [0])
+
+
+def _render(url: str, prefix: str) -> dict[str, list[Any]]:
+    with redis.Redis.from_url(url) as r:
+        text = SyncmonCollector(r, prefix, Selection(per_sync="all")).render().decode()
+    samples: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def test_backfill_progress_counts_every_required_collection(redis_url: str) -> None:
+    """One of four collections complete is 25%, not the 100% of the one heard of."""
+    recent(5)
+    created = {"provider": "stripe", "collection_ids": ["c1", "c2", "c3", "c4"]}
+    done = {"collection_id": "c1", "records_synced": 10}
+    _fold(redis_url, "bf", [
+        cloudevent("sync.created", "s1", created, minute=0),
+        cloudevent("sync.backfill.collection_completed", "s1", done, minute=1),
+    ])  # fmt: skip
+    m = _render(redis_url, "bf")
+    assert [s.value for s in m["syncmon_sync_backfill_progress_ratio"]] == [0.25]
+    assert [s.value for s in m["syncmon_sync_backfill_completed"]] == [0]
+
+
+def test_label_values_stay_bounded(redis_url: str) -> None:
+    """A sync's name is cut to MAX_LABEL characters; a `provider.*` subject that no sync has
+    leaves no series once its incidents are resolved."""
+    recent(5)
+    opened = {"incident_id": "i1", "notes": []}
+    _fold(redis_url, "lb", [
+        cloudevent("sync.created", "s1", {"provider": "stripe", "name": "n" * 100_000}, minute=0),
+        cloudevent("provider.incident.opened", "no-such-provider", opened, minute=1),
+    ])  # fmt: skip
+    m = _render(redis_url, "lb")
+    (info,) = m["syncmon_sync_info"]
+    assert len(info.labels["name"]) == MAX_LABEL and info.labels["name"].endswith("…")
+    open_now = {s.labels["provider"]: s.value for s in m["syncmon_provider_incidents_open"]}
+    assert open_now == {"stripe": 0, "no-such-provider": 1}  # open: worth showing
+    resolved = {"incident_id": "i1"}
+    _fold(redis_url, "lb", [
+        cloudevent("provider.incident.resolved", "no-such-provider", resolved, minute=2),
+    ], offset=2)  # fmt: skip
+    m = _render(redis_url, "lb")
+    open_now = {s.labels["provider"]: s.value for s in m["syncmon_provider_incidents_open"]}
+    assert open_now == {"stripe": 0}
+
+
+def test_a_hung_redis_costs_a_scrape_seconds_not_the_scrape() -> None:
+    """Redis stopped (SIGSTOP, the port open): /metrics answers with the process's metrics and
+    `syncmon_redis_connected 0` well within Prometheus's 10 s scrape timeout (it took 10 s)."""
+    server = RedisServer().start()
+    try:
+        settings = Settings(redis_url=server.url, redis_prefix="hung", kafka_topic="t")
+        with TestClient(create_app(settings, consume=False)) as client:
+            assert scrape(client)["syncmon_redis_connected"][0].value == 1
+            server.pause()
+            try:
+                started = time.monotonic()
+                m = scrape(client)
+                elapsed = time.monotonic() - started
+            finally:
+                server.resume()
+            assert m["syncmon_redis_connected"][0].value == 0
+            assert "syncmon_syncs" not in m
+            assert elapsed < 2 * SCRAPE_REDIS_TIMEOUT + 2, elapsed
+            assert scrape(client)["syncmon_redis_connected"][0].value == 1  # and back
+    finally:
+        server.stop()
