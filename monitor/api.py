@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -18,7 +16,14 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 from redis import Redis
 
-from monitor.apierrors import ApiError, error_response, install_error_handlers, strict_query
+from monitor.apierrors import (
+    ApiError,
+    TokenGate,
+    error_response,
+    install_error_handlers,
+    strict_query,
+    token_matches,
+)
 from monitor.engine import incidents_of
 from monitor.enums import HealthStatus, SyncStatus
 from monitor.events import MAX_ID_LENGTH
@@ -64,30 +69,6 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def token_matches(given: bytes, tokens: tuple[str, ...]) -> bool:
-    """Constant time: every token is compared (so timing does not tell which one matched),
-    each through a digest (so it does not tell a token's length either)."""
-    digest = hashlib.sha256(given).digest()
-    ok = False
-    for token in tokens:
-        ok |= hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
-    return ok
-
-
-def require_token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> None:
-    """`Authorization: Bearer <token>` against SYNCMON_API_TOKENS; the token is never logged,
-    echoed or stored, and only the header is read (a token in a URL would end up in logs)."""
-    tokens = rt.settings.api_tokens
-    if not tokens:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    ok = token_matches(given.encode("latin-1"), tokens)  # the header's bytes as sent
-    if scheme.lower() != "bearer" or not ok:
-        raise ApiError(
-            401, "unauthorized", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
-        )
-
-
 RT = Annotated[Runtime, Depends(runtime)]
 Responses = dict[int | str, dict[str, Any]]
 
@@ -129,6 +110,9 @@ def _load(rt: Runtime, sync_id: str) -> tuple[SyncView, Health, dict[str, Provid
 
 
 CURSOR_TAG = "c1:"
+# The longest cursor issued: unpadded base64 of the tag and an id of MAX_ID_LENGTH characters
+# of 4 UTF-8 bytes each.
+MAX_CURSOR_LENGTH = -(-(len(CURSOR_TAG) + 4 * MAX_ID_LENGTH) * 4 // 3)
 
 
 def encode_cursor(sync_id: str) -> str:
@@ -173,8 +157,26 @@ def summary(rt: Runtime) -> Summary:
     return Summary(total=total, by_health=by_health, by_provider=by_provider)
 
 
+def contradicts(view: SyncView, filters: Mapping[str, str]) -> bool:
+    """Whether the view's own fields disagree with a filter the indexes matched it on.
+
+    `provider` with `health.status` reads the health index, which the health engine moves
+    at the sync's next evaluation (normally under a second): until then a sync a
+    `sync.updated` moved to another provider is missing from its new provider's health
+    filter, and would be listed under its old one with the new provider in its body.
+    """
+    own = {
+        "provider": view.provider,
+        "status": view.status.value,
+        "org_id": view.org_id,
+        "stream_id": view.stream_id,
+    }
+    return any(name in own and own[name] != value for name, value in filters.items())
+
+
 def list_syncs(rt: Runtime, filters: dict[str, str], limit: int, cursor: str | None) -> SyncPage:
-    """Syncs ordered by id, filtered through indexes, paged by an opaque cursor."""
+    """Syncs ordered by id, filtered through indexes, paged by an opaque cursor; a page holds
+    no view that contradicts a filter (see `contradicts`), so it may hold fewer than `limit`."""
     after = decode_cursor(cursor) if cursor else None
     ids, more = rt.indexes.page(rt.redis, filters, after, limit)
     views = rt.syncs.get_many(rt.redis, ids)
@@ -183,7 +185,7 @@ def list_syncs(rt: Runtime, filters: dict[str, str], limit: int, cursor: str | N
     data = [
         sync_out(v, _health_of(rt, v, h, providers))
         for v, h in zip(views, healths, strict=True)
-        if v is not None and not v.deleted and v.known
+        if v is not None and not v.deleted and v.known and not contradicts(v, filters)
     ]
     return SyncPage(data=data, next_cursor=encode_cursor(ids[-1]) if more and ids else None)
 
@@ -243,15 +245,16 @@ def build_router(settings: Settings) -> APIRouter:
     """The `/v1` routes; what the served OpenAPI says follows the settings: the bearer scheme
     and 401s only when tokens are configured, the real maximum of `limit`."""
     guarded = bool(settings.api_tokens)
-    security: list[Any] = [Depends(require_token)]
+    security: list[Any] = []
     if guarded:
         bearer = HTTPBearer(
             auto_error=False,
             scheme_name="bearer",
             description="`Authorization: Bearer <token>`, one of SYNCMON_API_TOKENS.",
         )
-        security.append(Security(bearer))  # documents the scheme; require_token checks it
-    # After the token check: an anonymous caller gets a 401 whatever the query says.
+        security.append(Security(bearer))  # documents the scheme; TokenGate checks it
+    # After the token check (TokenGate, before routing): an anonymous caller gets a 401
+    # whatever the query says.
     router = APIRouter(prefix="/v1", dependencies=[*security, Depends(strict_query)])
     auth: Responses = _errors(e401="no valid bearer token") if guarded else {}
     down = _errors(e503="the view store (Redis) is not answering")
@@ -295,7 +298,7 @@ def build_router(settings: Settings) -> APIRouter:
         cursor: Annotated[
             str | None,
             Query(
-                max_length=1024,
+                max_length=MAX_CURSOR_LENGTH,
                 pattern=r"^[A-Za-z0-9_-]*$",
                 description="Opaque: the `next_cursor` of the previous page.",
             ),
@@ -358,6 +361,8 @@ def install_api(app: FastAPI, settings: Settings) -> None:
     responses the API really gives (FastAPI would add a 422 no route ever returns)."""
     install_error_handlers(app)
     app.include_router(build_router(settings))
+    if settings.api_tokens:
+        app.add_middleware(TokenGate, tokens=settings.api_tokens)
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -1,7 +1,11 @@
-"""Every API error, ours or the framework's, as one JSON shape; and the /v1 query check."""
+"""Every API error, ours or the framework's, as one JSON shape; and the /v1 token and query
+checks."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor.schemas import query_problems
 
@@ -23,7 +29,7 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -46,7 +52,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        return error_response(exc.status_code, "http_error", str(exc.detail), exc.headers)
 
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
@@ -79,3 +85,44 @@ def strict_query(request: Request) -> None:
     problems = query_problems(request.query_params.multi_items(), accepted)
     if problems:
         raise ApiError(400, "invalid_request", "; ".join(problems))
+
+
+def token_matches(given: bytes, tokens: tuple[str, ...]) -> bool:
+    """Constant time: every token is compared (so timing does not tell which one matched),
+    each through a digest (so it does not tell a token's length either)."""
+    digest = hashlib.sha256(given).digest()
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(digest, hashlib.sha256(token.encode()).digest())
+    return ok
+
+
+def bearer_ok(headers: Headers, tokens: tuple[str, ...]) -> bool:
+    """`Authorization: Bearer <token>` against SYNCMON_API_TOKENS; the token is never logged,
+    echoed or stored, and only the header is read (a token in a URL would end up in logs)."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    ok = token_matches(given.encode("latin-1"), tokens)  # the header's bytes as sent
+    return scheme.lower() == "bearer" and ok
+
+
+def under_v1(scope: Scope) -> bool:
+    """Whether the router matches this request's path against the `/v1` routes."""
+    path: str = scope["path"].removeprefix(scope.get("root_path", ""))
+    return path == "/v1" or path.startswith("/v1/")
+
+
+class TokenGate:
+    """Every `/v1` request, before routing: a check in the routes let a path or method no
+    route takes answer 404, 405 or a redirect to an anonymous caller, telling it what exists."""
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
+        self.app, self.tokens = app, tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guarded = scope["type"] == "http" and under_v1(scope)
+        if guarded and not bearer_ok(Headers(scope=scope), self.tokens):
+            message = "a valid bearer token is required"
+            challenge = {"WWW-Authenticate": "Bearer"}
+            await error_response(401, "unauthorized", message, challenge)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

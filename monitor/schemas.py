@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from monitor.enums import CredentialStatus, HealthStatus, SyncStatus
-from monitor.events import RateLimit
+from monitor.events import RateLimit, RunError
 from monitor.health import Check, CredentialHealth, Health, ProviderHealth
 from monitor.views import LastRun, SyncView
 
@@ -71,6 +72,23 @@ class BackfillOut(BaseModel):
     collections: list[CollectionOut]
 
 
+class LastRunOut(BaseModel):
+    """The stored `LastRun`, whose times are epoch seconds (for Redis), with API times."""
+
+    run_id: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    succeeded: bool | None
+    records_upserted: int | None
+    records_deleted: int | None
+    duration_ms: int | None
+    error: RunError | None
+
+    @classmethod
+    def of(cls, run: LastRun) -> LastRunOut:
+        return cls.model_validate(run.model_dump())
+
+
 class SyncOut(BaseModel):
     """Every field of the seed's sync object, same names; then syncmon's own facts."""
 
@@ -97,7 +115,7 @@ class SyncOut(BaseModel):
     last_success_at: datetime | None
     last_failure_at: datetime | None
     consecutive_failures: int
-    last_run: LastRun | None
+    last_run: LastRunOut | None
     credential_status: CredentialStatus
     last_rate_limited_at: datetime | None
     backfill: BackfillOut
@@ -145,6 +163,33 @@ def query_problems(given: Iterable[tuple[str, str]], accepted: Sequence[str]) ->
     return problems[:11]
 
 
+_TIME = TypeAdapter(datetime)
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")  # not a bare number or date
+CREDENTIAL_TIMES = ("created_at", "updated_at")
+
+
+def api_time(value: Any) -> Any:
+    """A date-time string as the API renders its own times (UTC, naive read as UTC); anything
+    else as it is: a free-form object may hold what is not a time under a time's name."""
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
+        return value
+    try:
+        parsed = _TIME.validate_python(value)
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValidationError, OverflowError):
+        return value
+    return _TIME.dump_python(parsed, mode="json")
+
+
+def credential_out(credential: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The credential with its times in the form of the sync's own (the seed's credential has
+    `created_at` and `updated_at`); only the output changes, it is stored as sent."""
+    if credential is None:
+        return None
+    times = {k: api_time(credential[k]) for k in CREDENTIAL_TIMES if k in credential}
+    return {**credential, **times}
+
+
 def sync_out(view: SyncView, health: Health) -> SyncOut:
     """The API shape of a stored view and its health."""
     collections = [
@@ -168,7 +213,7 @@ def sync_out(view: SyncView, health: Health) -> SyncOut:
         collection_ids=list(view.collection_ids),
         rate_limit=view.rate_limit,
         credential_id=view.credential_id,
-        credential=view.credential,
+        credential=credential_out(view.credential),
         max_age_days=view.max_age_days,
         sync_frequency=view.sync_frequency,
         initial_backfill_completed_at=view.initial_backfill_completed_at,
@@ -180,7 +225,7 @@ def sync_out(view: SyncView, health: Health) -> SyncOut:
         last_success_at=view.last_success_at,
         last_failure_at=view.last_failure_at,
         consecutive_failures=view.consecutive_failures,
-        last_run=view.last_run,
+        last_run=LastRunOut.of(view.last_run) if view.last_run else None,
         credential_status=view.credential_status,
         last_rate_limited_at=view.last_rate_limited_at,
         backfill=BackfillOut(
