@@ -247,7 +247,9 @@ def test_provider_degraded_inhibits_that_providers_sync_alerts(alertmanager: str
         "alertname=SyncmonSyncError provider=hubspot sync_id=s2 org_id=o1 severity=page",
         "alertname=SyncmonSyncWarnTooLong provider=hubspot sync_id=s3 org_id=o2 severity=ticket",
         "alertname=SyncmonSyncStale provider=hubspot sync_id=s4 org_id=o2 severity=ticket",
-        # Not a target of the inhibition (another alert) or of another provider: stay active.
+        "alertname=SyncmonBackfillStalled provider=hubspot sync_id=s6 org_id=o2 severity=ticket",
+        # Not a target of the inhibition (a rejected credential is not the provider's problem)
+        # or of another provider: stay active.
         "alertname=SyncmonCredentialFailed provider=hubspot sync_id=s1 org_id=o1 severity=ticket",
         "alertname=SyncmonSyncError provider=jira sync_id=s5 org_id=o1 severity=page",
     ]
@@ -260,6 +262,7 @@ def test_provider_degraded_inhibits_that_providers_sync_alerts(alertmanager: str
         ("SyncmonSyncError", "s2"): "suppressed",
         ("SyncmonSyncWarnTooLong", "s3"): "suppressed",
         ("SyncmonSyncStale", "s4"): "suppressed",
+        ("SyncmonBackfillStalled", "s6"): "suppressed",
         ("SyncmonCredentialFailed", "s1"): "active",
         ("SyncmonSyncError", "s5"): "active",
     }
