@@ -241,6 +241,7 @@ def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
         last_run=run,
         last_success_at=_latest(view.last_success_at, time),
         consecutive_failures=0 if failed is None or time >= failed else view.consecutive_failures,
+        last_error=None if failed is None or time >= failed else view.last_error,
         runs_succeeded=view.runs_succeeded + 1,
     )
 
@@ -254,14 +255,16 @@ def _run_failed(view: SyncView, event: Envelope) -> SyncView:
             **{"finished_at": time, "succeeded": False, "error": data.error},
         )
     # A failure from before the latest success was reset by it: it is not "in a row".
-    succeeded = view.last_success_at
+    succeeded, failed = view.last_success_at, view.last_failure_at
     in_row = succeeded is None or time >= succeeded
+    latest = in_row and (failed is None or time >= failed)
     return _activity(
         view,
         time,
         last_run=run,
         last_failure_at=_latest(view.last_failure_at, time),
         consecutive_failures=view.consecutive_failures + (1 if in_row else 0),
+        last_error=data.error if latest else view.last_error,
         runs_failed=view.runs_failed + 1,
     )
 

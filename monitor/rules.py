@@ -22,7 +22,7 @@ RULE_FIELDS = frozenset(
     {
         "id", "status", "disabled_reason", "status_changed_at", "provider", "sync_frequency",
         "created_at", "collection_ids", "initial_backfill_completed_at", "first_activity_at",
-        "last_run", "last_success_at", "last_failure_at", "consecutive_failures",
+        "last_run", "last_success_at", "last_failure_at", "consecutive_failures", "last_error",
         "credential_status", "credential_failed_at", "credential_problem",
         "last_rate_limited_at", "retry_after_seconds", "backfill_started_at",
         "last_backfill_event_at", "backfill",
@@ -206,7 +206,7 @@ def check_failures(view: SyncView, now: datetime, lim: Limits) -> Verdict:
         return _NO_FAILURE
 
     def message() -> str:
-        error = view.last_run.error if view.last_run and view.last_run.error else None
+        error = view.last_error or (view.last_run.error if view.last_run else None)
         detail = f": {error.code}: {error.message}" if error else ""
         return f"{n} failed run{'s' if n > 1 else ''} in a row{detail}"
 

@@ -166,6 +166,9 @@ class SyncView(_Model):
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
     consecutive_failures: int = 0
+    # The error of the latest failure in a row: `last_run` moves on to the retry that starts
+    # next, and the failures check must still say what keeps failing.
+    last_error: RunError | None = None
     runs_succeeded: int = 0
     runs_failed: int = 0
     credential_status: CredentialStatus = CredentialStatus.VALID

@@ -503,6 +503,21 @@ CASES: list[Case] = [
         [created(), run_failed(1), run_succeeded(2)],
         {"consecutive_failures": 0, "last_run.error": None, "last_run.succeeded": True},
     ),
+    Case(
+        "last_error_outlives_the_retry_that_starts",
+        [created(), run_failed(1, code="auth"), simple(EventType.RUN_STARTED, 2, run_id="r2")],
+        {"last_error.code": "auth", "last_run.run_id": "r2", "last_run.error": None},
+    ),
+    Case(
+        "last_error_cleared_by_a_success",
+        [created(), run_failed(1), run_succeeded(2, run_id="r2")],
+        {"last_error": None, "consecutive_failures": 0},
+    ),
+    Case(
+        "last_error_is_the_latest_failure_s",
+        [created(), run_failed(5, run_id="r2", code="new"), run_failed(3, code="old")],
+        {"last_error.code": "new", "consecutive_failures": 2},
+    ),
     # Event times out of log order (a late delivery): "last" means latest, and a success
     # resets only the failures before it.
     Case(

@@ -1003,6 +1003,14 @@ def test_worse_status_begins_at_its_crossing_but_not_before_the_last_evaluation(
     assert h.transitions == 3
 
 
+def test_failures_message_names_the_error_while_a_retry_runs() -> None:
+    error = RunError(code="http_503", message="upstream down", http_status=503, retryable=True)
+    retrying = LastRun(run_id="r4", started_at=LAST_SUCCESS + 3 * MIN)
+    view = ready(consecutive_failures=3, last_error=error, last_run=retrying)
+    health = evaluate(view, LAST_SUCCESS + 4 * MIN)
+    assert check_of(health, "failures").message == "3 failed runs in a row: http_503: upstream down"
+
+
 def test_an_incident_older_than_the_sync_dates_its_warn_from_the_sync_s_creation() -> None:
     """A sync created during an open incident of its provider: its warn (and the health change
     published for it) began when the sync began, not when the incident opened a day before."""
