@@ -27,6 +27,7 @@ from monitor.events import (
     event_type,
 )
 from monitor.patching import mask_secrets, merge_patch
+from monitor.runs import finishes, run_of, streak_after_failure, streak_after_success
 from monitor.views import (
     Applied,
     CollectionProgress,
@@ -151,11 +152,17 @@ def _created(view: SyncView, event: Envelope) -> SyncView:
 
 def _updated(view: SyncView, event: Envelope) -> SyncView:
     patch: dict[str, Any] = _data(event)
+    merged = merge_patch(_seed_fields(view), patch)
     try:
-        fields = SyncFields.model_validate(merge_patch(_seed_fields(view), patch))
-    except ValidationError:
-        # Decoding validates every patch, so this only guards a view that predates a rule.
-        return view
+        fields = SyncFields.model_validate(merged)
+    except ValidationError as exc:
+        # Decoding validates every patch, so only a stored value that predates a rule fails
+        # (a `0m` frequency, say): it falls back to its default, not the whole update.
+        stale = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - set(patch)
+        try:
+            fields = SyncFields.model_validate({k: v for k, v in merged.items() if k not in stale})
+        except ValidationError:
+            return view
     updated_at = fields.updated_at if "updated_at" in patch else None
     return _complete_backfill(_with_fields(view, fields, event.time, updated_at))
 
@@ -170,7 +177,10 @@ def _enabled(view: SyncView, event: Envelope) -> SyncView:
 
 
 def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: datetime) -> SyncView:
-    """A status change updates the sync, as a `sync.updated` of `status` does."""
+    """A status change updates the sync, as a `sync.updated` of `status` does; one older than
+    the last change, delivered late, changes nothing."""
+    if view.status_changed_at is not None and time < view.status_changed_at:
+        return view
     changed = view.status is not status
     return evolve(
         view,
@@ -178,7 +188,7 @@ def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: da
             "status": status,
             "disabled_reason": reason,
             "status_changed_at": time if changed else view.status_changed_at,
-            "updated_at": time if changed else view.updated_at,
+            "updated_at": _latest(view.updated_at, time) if changed else view.updated_at,
         },
     )
 
@@ -193,37 +203,23 @@ def _activity(view: SyncView, time: datetime, **update: Any) -> SyncView:
     return evolve(view, **update)
 
 
-def _is_newer(run: LastRun | None, time: datetime) -> bool:
-    """Whether an event of `time` may replace the run the view shows: a late event of an
-    older run (or an older event of this one) must not."""
-    if run is None:
-        return True
-    shown = run.finished_at or run.started_at
-    return shown is None or time >= shown
-
-
 def _run_started(view: SyncView, event: Envelope) -> SyncView:
     data: RunStarted = _data(event)
-    run = view.last_run
-    if _is_newer(run, event.time):
-        run = LastRun(run_id=data.run_id, started_at=event.time)
-    elif run is not None and run.run_id == data.run_id and run.started_at is None:
-        run = evolve(run, started_at=event.time)  # the start of the run shown, delivered late
-    return _activity(view, event.time, last_run=run)
-
-
-def _run_of(view: SyncView, run_id: str) -> LastRun:
-    if view.last_run is not None and view.last_run.run_id == run_id:
-        return view.last_run
-    return LastRun(run_id=run_id)
+    run, time = view.last_run, event.time
+    if run is not None and run.run_id == data.run_id:
+        if run.started_at is None:
+            run = evolve(run, started_at=time)  # the start of the run shown, delivered late
+    elif run is None or time >= (run.finished_at or run.started_at or time):
+        run = LastRun(run_id=data.run_id, started_at=time)  # not a late start of an older run
+    return _activity(view, time, last_run=run)
 
 
 def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
     data: RunSucceeded = _data(event)
     time, run = event.time, view.last_run
-    if _is_newer(run, time):
+    if finishes(run, data.run_id, time):
         run = evolve(
-            _run_of(view, data.run_id),
+            run_of(view, data.run_id),
             **{
                 "finished_at": time,
                 "succeeded": True,
@@ -233,39 +229,31 @@ def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
                 "error": None,
             },
         )
-    # A success resets the failures in a row, unless one of them came after it.
-    failed = view.last_failure_at
     return _activity(
         view,
         time,
         last_run=run,
         last_success_at=_latest(view.last_success_at, time),
-        consecutive_failures=0 if failed is None or time >= failed else view.consecutive_failures,
-        last_error=None if failed is None or time >= failed else view.last_error,
         runs_succeeded=view.runs_succeeded + 1,
+        **streak_after_success(view, time),
     )
 
 
 def _run_failed(view: SyncView, event: Envelope) -> SyncView:
     data: RunFailed = _data(event)
     time, run = event.time, view.last_run
-    if _is_newer(run, time):
+    if finishes(run, data.run_id, time):
         run = evolve(
-            _run_of(view, data.run_id),
+            run_of(view, data.run_id),
             **{"finished_at": time, "succeeded": False, "error": data.error},
         )
-    # A failure from before the latest success was reset by it: it is not "in a row".
-    succeeded, failed = view.last_success_at, view.last_failure_at
-    in_row = succeeded is None or time >= succeeded
-    latest = in_row and (failed is None or time >= failed)
     return _activity(
         view,
         time,
         last_run=run,
         last_failure_at=_latest(view.last_failure_at, time),
-        consecutive_failures=view.consecutive_failures + (1 if in_row else 0),
-        last_error=data.error if latest else view.last_error,
         runs_failed=view.runs_failed + 1,
+        **streak_after_failure(view, time, data.error),
     )
 
 
@@ -284,6 +272,9 @@ def _credential_failed(view: SyncView, event: Envelope) -> SyncView:
 
 
 def _credential_recovered(view: SyncView, event: Envelope) -> SyncView:
+    failed = view.credential_failed_at
+    if failed is not None and event.time < failed:
+        return view  # a recovery from before the latest failure, delivered late
     return evolve(view, **{"credential_status": CredentialStatus.VALID, "credential_problem": None})
 
 

@@ -169,6 +169,7 @@ class SyncView(_Model):
     # The error of the latest failure in a row: `last_run` moves on to the retry that starts
     # next, and the failures check must still say what keeps failing.
     last_error: RunError | None = None
+    failures_at: tuple[datetime, ...] = ()  # the streak's latest failure times, oldest first
     runs_succeeded: int = 0
     runs_failed: int = 0
     credential_status: CredentialStatus = CredentialStatus.VALID

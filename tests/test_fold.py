@@ -373,6 +373,16 @@ CASES: list[Case] = [
         {"updated_at": t(5), "status_changed_at": t(5)},
     ),
     Case(
+        "late_older_enable_after_a_disable_changes_nothing",
+        [created(), simple(EventType.SYNC_DISABLED, 10), simple(EventType.SYNC_ENABLED, 5)],
+        {"status": SyncStatus.DISABLED, "status_changed_at": t(10), "updated_at": t(10)},
+    ),
+    Case(
+        "late_disable_does_not_move_updated_at_back",
+        [created(), updated({"name": "n"}, minute=20), simple(EventType.SYNC_DISABLED, 15)],
+        {"status": SyncStatus.DISABLED, "status_changed_at": t(15), "updated_at": t(20)},
+    ),
+    Case(
         "disabled_when_disabled_keeps_updated_at",
         [created(minute=0), simple(EventType.SYNC_DISABLED, 2), simple(EventType.SYNC_DISABLED, 4)],
         {"updated_at": t(2), "last_event_at": t(4)},
@@ -547,6 +557,43 @@ CASES: list[Case] = [
         {"consecutive_failures": 2, "last_success_at": t(5), "last_run.run_id": "r3"},
     ),
     Case(
+        "late_success_within_the_streak_keeps_only_the_failures_after_it",
+        [
+            created(),
+            run_failed(1, run_id="r1"),
+            run_failed(2, run_id="r2"),
+            run_failed(3, run_id="r3", code="last"),
+            run_succeeded(2.5, run_id="r9"),
+        ],
+        {
+            "consecutive_failures": 1,
+            "failures_at": (t(3),),
+            "last_error.code": "last",
+            "last_success_at": t(2.5),
+            "last_run.run_id": "r3",
+        },
+    ),
+    Case(
+        "failures_in_a_row_count_the_same_in_any_delivery_order",
+        [
+            created(),
+            run_failed(3, run_id="r3"),
+            run_succeeded(2.5, run_id="r9"),
+            run_failed(1, run_id="r1"),
+            run_failed(2, run_id="r2"),
+        ],
+        {"consecutive_failures": 1, "failures_at": (t(3),), "runs_failed": 3},
+    ),
+    Case(
+        "run_end_stamped_before_its_own_start_still_ends_it",
+        [
+            created(),
+            simple(EventType.RUN_STARTED, 5, run_id="r1"),
+            run_failed(4.99, run_id="r1"),
+        ],
+        {"last_run.started_at": t(5), "last_run.finished_at": t(4.99), "last_run.succeeded": False},
+    ),
+    Case(
         "failure_at_the_same_time_as_the_success_counts",
         [created(), run_succeeded(5, run_id="r1"), run_failed(5, run_id="r2")],
         {"consecutive_failures": 1, "last_run.run_id": "r2"},
@@ -580,6 +627,15 @@ CASES: list[Case] = [
             simple(EventType.CREDENTIAL_RECOVERED, 2),
         ],
         {"credential_status": CredentialStatus.VALID, "credential_problem": None},
+    ),
+    Case(
+        "late_recovery_from_before_the_failure_changes_nothing",
+        [
+            created(),
+            simple(EventType.CREDENTIAL_FAILED, 10, http_status=401),
+            simple(EventType.CREDENTIAL_RECOVERED, 5),
+        ],
+        {"credential_status": CredentialStatus.FAILED, "credential_failed_at": t(10)},
     ),
     # -- rate limiting --------------------------------------------------------------------
     Case(
@@ -946,6 +1002,19 @@ def test_replay_of_a_long_log_with_positions_is_a_noop() -> None:
     assert again == view
     assert set(outcomes) == {D}
     assert isinstance(view, SyncView) and view.consecutive_failures == 39
+
+
+def test_an_update_drops_a_stored_value_a_newer_rule_refuses() -> None:
+    """A view stored before a rule tightened (a `0m` frequency, now dead-lettered) still takes
+    updates: the stale value falls back to its default, not the whole patch to the floor."""
+    view = apply(None, created(name="old"))
+    assert isinstance(view, SyncView)
+    legacy = view.model_copy(update={"sync_frequency": "0m"})
+    new = apply(legacy, updated({"name": "new", "org_id": "o2"}, minute=2))
+    assert isinstance(new, SyncView)
+    assert (new.name, new.org_id, new.sync_frequency) == ("new", "o2", "continuous")
+    fixed = apply(legacy, updated({"sync_frequency": "4h"}, minute=2))
+    assert isinstance(fixed, SyncView) and fixed.sync_frequency == "4h"
 
 
 def test_unknown_type_leaves_the_view_unchanged() -> None:
