@@ -67,11 +67,11 @@ class Thresholds(BaseModel):
         return self
 
     def interval(self, sync_frequency: str) -> timedelta:
-        """Expected time between successful runs: `continuous` or `<n>[smhd]` such as `4h`."""
+        """Expected time between successful runs: `continuous` or `<n>[smhd]` such as `4h`
+        (a `0m` stored before decoding refused it counts as continuous)."""
         match = _FREQUENCY.match(sync_frequency)
-        if match is None:
-            return timedelta(seconds=self.continuous_interval_seconds)
-        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+        return timedelta(seconds=seconds or self.continuous_interval_seconds)
 
 
 class ThresholdBook:
@@ -179,7 +179,8 @@ def check_freshness(view: SyncView, now: datetime, lim: Limits) -> Verdict:
         return _NOT_CHECKED
     interval, warn, error = lim.freshness(view.sync_frequency)
     last = view.last_success_at
-    base = last if last and last > completed else completed  # else from the backfill's end
+    since_success = last is not None and last > completed
+    base = last if last is not None and since_success else completed  # else from its end
     elapsed = now - base
     ago = elapsed.total_seconds()
     if elapsed > error:
@@ -187,14 +188,13 @@ def check_freshness(view: SyncView, now: datetime, lim: Limits) -> Verdict:
     elif elapsed > warn:
         status, since = WARN, base + warn
     else:
-        if base is last:
+        if since_success:
             return Verdict("freshness", OK, None, lambda: f"last success {_ago(ago)} ago")
-        return Verdict(
-            "freshness", OK, None, lambda: f"no success yet; backfill completed {_ago(ago)} ago"
-        )
+        none = "no success yet" if last is None else "no success since the backfill"
+        return Verdict("freshness", OK, None, lambda: f"{none}; it completed {_ago(ago)} ago")
 
     def message() -> str:
-        what = "successful run" if base is last else "successful run since the backfill"
+        what = "successful run" if since_success else "successful run since the backfill"
         return f"no {what} for {_ago(ago)}; expected every {_ago(interval.total_seconds())}"
 
     return Verdict("freshness", status, since, message)

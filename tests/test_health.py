@@ -1020,10 +1020,26 @@ def test_an_incident_older_than_the_sync_dates_its_warn_from_the_sync_s_creation
     assert check_of(h, "provider").since == CREATED
 
 
-def test_freshness_message_before_any_success_names_the_backfill() -> None:
-    view = ready(last_success_at=None, runs_succeeded=0)
+@pytest.mark.parametrize(
+    ("last_success", "message"),
+    [
+        (None, "no success yet; it completed 2 min ago"),
+        (BACKFILL_DONE - MIN, "no success since the backfill; it completed 2 min ago"),
+        (BACKFILL_DONE, "no success since the backfill; it completed 2 min ago"),
+        (BACKFILL_DONE + MIN, "last success 60 s ago"),
+    ],
+    ids=["never", "before", "at", "after"],
+)
+def test_freshness_message_names_the_backfill_until_a_success_follows_it(
+    last_success: datetime | None, message: str
+) -> None:
+    view = ready(last_success_at=last_success)
     health = evaluate(view, BACKFILL_DONE + 2 * MIN)
-    assert check_of(health, "freshness").message == "no success yet; backfill completed 2 min ago"
+    assert check_of(health, "freshness").message == message
+
+
+def test_a_stored_zero_frequency_counts_as_continuous() -> None:
+    assert Thresholds().interval("0m") == Thresholds().interval("continuous") == 5 * MIN
 
 
 def test_first_evaluation_counts_one_transition() -> None:
