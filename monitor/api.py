@@ -171,7 +171,7 @@ def contradicts(view: SyncView, filters: Mapping[str, str]) -> bool:
         "org_id": view.org_id,
         "stream_id": view.stream_id,
     }
-    return any(name in own and own[name] != value for name, value in filters.items())
+    return any(name in own and (own[name] or "") != value for name, value in filters.items())
 
 
 def list_syncs(rt: Runtime, filters: dict[str, str], limit: int, cursor: str | None) -> SyncPage:

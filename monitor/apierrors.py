@@ -105,9 +105,19 @@ def bearer_ok(headers: Headers, tokens: tuple[str, ...]) -> bool:
     return scheme.lower() == "bearer" and ok
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches, as Starlette's `get_route_path` reads it: `root_path` is
+    cut only where the path holds it whole, up to a `/` (servers differ in including it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
 def under_v1(scope: Scope) -> bool:
     """Whether the router matches this request's path against the `/v1` routes."""
-    path: str = scope["path"].removeprefix(scope.get("root_path", ""))
+    path = route_path(scope)
     return path == "/v1" or path.startswith("/v1/")
 
 

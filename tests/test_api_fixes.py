@@ -195,6 +195,20 @@ def test_every_v1_request_without_a_token_is_a_401(
             assert response.json() == {"error": error}
 
 
+@pytest.mark.parametrize("root_path", ["/", "/v", "/api"])
+def test_the_token_gate_reads_the_path_as_the_router_does(redis_url: str, root_path: str) -> None:
+    """Behind a server or mount that passes `root_path` without it in the path, the router
+    still matches `/v1/...`: so must the gate (`/v` once let `/v1/syncs` through unasked)."""
+    recent(9)
+    f = Fleet(redis_url, api_tokens=TOKEN)
+    try:
+        with TestClient(f.app, root_path=root_path) as client:
+            assert client.get("/v1/syncs").status_code == 401
+            assert client.get("/v1/syncs", headers=BEARER).status_code == 200
+    finally:
+        f.client.close()
+
+
 def test_with_a_token_unknown_routes_are_json_404_and_405(locked: TestClient) -> None:
     missing = locked.get("/v1/nope", headers=BEARER)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "http_error"
