@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.retry import Retry
 
 from consumers.consumer import SyncConsumer
@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 
 class RedisCredentialsError(RuntimeError):
-    """Redis refused the credentials of SYNCMON_REDIS_URL: a setting to fix, not to wait out."""
+    """Redis refused SYNCMON_REDIS_URL (its credentials, or a database it does not have): a
+    setting to fix, not to wait out."""
 
 
 def check_redis(settings: Settings) -> None:
-    """Refused credentials stop start-up with a message naming the setting (never the password);
-    an unreachable or slow Redis does not (one quick try): the consumer and readiness wait."""
+    """Refused credentials or a database number the server does not have stop start-up with a
+    message naming the setting (never the password); an unreachable or slow Redis does not
+    (one quick try): the consumer and readiness wait."""
     where = redis_location(settings.redis_url)
     probe = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
@@ -55,6 +57,13 @@ def check_redis(settings: Settings) -> None:
             f"invalid syncmon settings: {ENV_PREFIX}REDIS_URL: Redis at {where} refused the "
             f"credentials ({type(exc).__name__}: {exc})"
         )
+        log.error("%s", message)
+        raise RedisCredentialsError(message) from None
+    except ResponseError as exc:
+        if "DB index" not in str(exc):
+            log.warning("Redis at %s is not answering yet (%s); waiting for it", where, exc)
+            return
+        message = f"invalid syncmon settings: {ENV_PREFIX}REDIS_URL: Redis at {where}: {exc}"
         log.error("%s", message)
         raise RedisCredentialsError(message) from None
     except RedisError as exc:

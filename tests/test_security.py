@@ -564,6 +564,20 @@ def test_refused_credentials_stop_start_up_without_showing_them(
     assert_clean(caplog.text, "the logs")
 
 
+def test_a_database_the_server_does_not_have_stops_start_up(password_redis: RedisServer) -> None:
+    """`/99` on a 16-database Redis waited forever as "not answering yet" (readyz 503)."""
+    url = password_redis.url.rsplit("/", 1)[0] + "/99"
+    settings = Settings(redis_url=url, redis_prefix="x", kafka_topic="t")
+    with (
+        pytest.raises(RedisCredentialsError) as info,
+        TestClient(create_app(settings, consume=False)),
+    ):
+        pass
+    message = str(info.value)
+    assert "SYNCMON_REDIS_URL" in message and "DB index is out of range" in message
+    assert password_redis.password and password_redis.password not in message
+
+
 def test_syncmon_run_with_a_wrong_redis_password_exits_clearly(
     password_redis: RedisServer,
 ) -> None:
