@@ -544,20 +544,24 @@ def test_redis_acl_user_limited_to_its_keys(password_redis: RedisServer) -> None
     serve_and_check(url, "acl")
 
 
-@pytest.mark.parametrize("how", ["wrong", "missing", "wrong_user"])
-def test_refused_credentials_stop_start_up_without_showing_them(
-    password_redis: RedisServer, how: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    auth = {"wrong": f":{SECRET}@", "missing": "", "wrong_user": f"nobody:{SECRET}@"}[how]
-    url = f"redis://{auth}127.0.0.1:{password_redis.port}/0"
+def start_up_error(url: str) -> str:
+    """The message the app's start-up stops with for this Redis URL."""
     settings = Settings(redis_url=url, redis_prefix="x", kafka_topic="t")
     with (
         pytest.raises(RedisCredentialsError) as info,
         TestClient(create_app(settings, consume=False)),
     ):
         pass
-    message = str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("how", ["wrong", "missing", "wrong_user"])
+def test_refused_credentials_stop_start_up_without_showing_them(
+    password_redis: RedisServer, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    auth = {"wrong": f":{SECRET}@", "missing": "", "wrong_user": f"nobody:{SECRET}@"}[how]
+    message = start_up_error(f"redis://{auth}127.0.0.1:{password_redis.port}/0")
     assert "SYNCMON_REDIS_URL" in message and "refused the credentials" in message
     assert f"127.0.0.1:{password_redis.port}" in message
     assert_clean(message, "the start-up error")
@@ -566,14 +570,7 @@ def test_refused_credentials_stop_start_up_without_showing_them(
 
 def test_a_database_the_server_does_not_have_stops_start_up(password_redis: RedisServer) -> None:
     """`/99` on a 16-database Redis waited forever as "not answering yet" (readyz 503)."""
-    url = password_redis.url.rsplit("/", 1)[0] + "/99"
-    settings = Settings(redis_url=url, redis_prefix="x", kafka_topic="t")
-    with (
-        pytest.raises(RedisCredentialsError) as info,
-        TestClient(create_app(settings, consume=False)),
-    ):
-        pass
-    message = str(info.value)
+    message = start_up_error(password_redis.url.rsplit("/", 1)[0] + "/99")
     assert "SYNCMON_REDIS_URL" in message and "DB index is out of range" in message
     assert password_redis.password and password_redis.password not in message
 
