@@ -20,20 +20,16 @@ from monitor.events import (
     IncidentOpened,
     IncidentResolved,
     RateLimited,
-    RunFailed,
-    RunStarted,
-    RunSucceeded,
     SyncFields,
     event_type,
 )
 from monitor.patching import mask_secrets, merge_patch
-from monitor.runs import finishes, run_of, streak_after_failure, streak_after_success
+from monitor.runs import activity, latest, run_failed, run_started, run_succeeded
 from monitor.views import (
     Applied,
     CollectionProgress,
     CredentialProblem,
     Incident,
-    LastRun,
     ProviderView,
     SyncView,
     evolve,
@@ -106,14 +102,8 @@ def _record(view: V, event: Envelope, at: Position | None) -> V:
         at.offset if at else None,
     )
     return evolve(
-        view, **{"applied": applied, "last_event_at": _latest(view.last_event_at, event.time)}
+        view, **{"applied": applied, "last_event_at": latest(view.last_event_at, event.time)}
     )
-
-
-def _latest(seen: datetime | None, time: datetime) -> datetime:
-    """Events of one sync can carry times out of order: its "last" is the latest, not the last
-    delivered, so a late event with an older time never moves it back."""
-    return time if seen is None or time > seen else seen
 
 
 def _data(event: Envelope) -> Any:
@@ -178,8 +168,9 @@ def _enabled(view: SyncView, event: Envelope) -> SyncView:
 
 def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: datetime) -> SyncView:
     """A status change updates the sync, as a `sync.updated` of `status` does; one older than
-    the last change, delivered late, changes nothing."""
-    if view.status_changed_at is not None and time < view.status_changed_at:
+    the last status event (changing or not), delivered late, changes nothing."""
+    seen = max((t for t in (view.status_changed_at, view.status_seen_at) if t), default=None)
+    if seen is not None and time < seen:
         return view
     changed = view.status is not status
     return evolve(
@@ -188,7 +179,8 @@ def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: da
             "status": status,
             "disabled_reason": reason,
             "status_changed_at": time if changed else view.status_changed_at,
-            "updated_at": _latest(view.updated_at, time) if changed else view.updated_at,
+            "status_seen_at": time,
+            "updated_at": latest(view.updated_at, time) if changed else view.updated_at,
         },
     )
 
@@ -197,68 +189,15 @@ def _deleted(view: SyncView, event: Envelope) -> SyncView:
     return SyncView(id=view.id, deleted_at=event.time, applied=view.applied)
 
 
-def _activity(view: SyncView, time: datetime, **update: Any) -> SyncView:
-    first = view.first_activity_at
-    update["first_activity_at"] = time if first is None or time < first else first
-    return evolve(view, **update)
-
-
-def _run_started(view: SyncView, event: Envelope) -> SyncView:
-    data: RunStarted = _data(event)
-    run, time = view.last_run, event.time
-    if run is not None and run.run_id == data.run_id:
-        if run.started_at is None:
-            run = evolve(run, started_at=time)  # the start of the run shown, delivered late
-    elif run is None or time >= (run.finished_at or run.started_at or time):
-        run = LastRun(run_id=data.run_id, started_at=time)  # not a late start of an older run
-    return _activity(view, time, last_run=run)
-
-
-def _run_succeeded(view: SyncView, event: Envelope) -> SyncView:
-    data: RunSucceeded = _data(event)
-    time, run = event.time, view.last_run
-    if finishes(run, data.run_id, time):
-        run = evolve(
-            run_of(view, data.run_id),
-            **{
-                "finished_at": time,
-                "succeeded": True,
-                "records_upserted": data.records_upserted,
-                "records_deleted": data.records_deleted,
-                "duration_ms": data.duration_ms,
-                "error": None,
-            },
-        )
-    return _activity(
-        view,
-        time,
-        last_run=run,
-        last_success_at=_latest(view.last_success_at, time),
-        runs_succeeded=view.runs_succeeded + 1,
-        **streak_after_success(view, time),
-    )
-
-
-def _run_failed(view: SyncView, event: Envelope) -> SyncView:
-    data: RunFailed = _data(event)
-    time, run = event.time, view.last_run
-    if finishes(run, data.run_id, time):
-        run = evolve(
-            run_of(view, data.run_id),
-            **{"finished_at": time, "succeeded": False, "error": data.error},
-        )
-    return _activity(
-        view,
-        time,
-        last_run=run,
-        last_failure_at=_latest(view.last_failure_at, time),
-        runs_failed=view.runs_failed + 1,
-        **streak_after_failure(view, time, data.error),
-    )
-
-
 def _credential_failed(view: SyncView, event: Envelope) -> SyncView:
+    """The credential's state is that of its latest event by time: an older failure or
+    recovery, delivered late, changes nothing."""
     data: CredentialFailed = _data(event)
+    seen = max(
+        (t for t in (view.credential_failed_at, view.credential_recovered_at) if t), default=None
+    )
+    if seen is not None and event.time < seen:
+        return view
     return evolve(
         view,
         **{
@@ -275,7 +214,14 @@ def _credential_recovered(view: SyncView, event: Envelope) -> SyncView:
     failed = view.credential_failed_at
     if failed is not None and event.time < failed:
         return view  # a recovery from before the latest failure, delivered late
-    return evolve(view, **{"credential_status": CredentialStatus.VALID, "credential_problem": None})
+    return evolve(
+        view,
+        **{
+            "credential_status": CredentialStatus.VALID,
+            "credential_problem": None,
+            "credential_recovered_at": latest(view.credential_recovered_at, event.time),
+        },
+    )
 
 
 def _rate_limited(view: SyncView, event: Envelope) -> SyncView:
@@ -295,12 +241,12 @@ def _backfill_started(view: SyncView, event: Envelope) -> SyncView:
     data: BackfillStarted = _data(event)
     ids = data.collection_ids if data.collection_ids is not None else view.collection_ids
     backfill = {**view.backfill, **{cid: CollectionProgress() for cid in ids}}
-    return _activity(
+    return activity(
         view,
         event.time,
         backfill=backfill,
         backfill_started_at=event.time,
-        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
+        last_backfill_event_at=latest(view.last_backfill_event_at, event.time),
     )
 
 
@@ -320,11 +266,11 @@ def _backfill_progressed(view: SyncView, event: Envelope) -> SyncView:
             else old.estimated_total,
         },
     )
-    return _activity(
+    return activity(
         view,
         event.time,
         backfill={**view.backfill, data.collection_id: new},
-        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
+        last_backfill_event_at=latest(view.last_backfill_event_at, event.time),
     )
 
 
@@ -334,11 +280,11 @@ def _collection_completed(view: SyncView, event: Envelope) -> SyncView:
         _progress(view, data.collection_id),
         **{"records_synced": data.records_synced, "completed_at": event.time},
     )
-    view = _activity(
+    view = activity(
         view,
         event.time,
         backfill={**view.backfill, data.collection_id: new},
-        last_backfill_event_at=_latest(view.last_backfill_event_at, event.time),
+        last_backfill_event_at=latest(view.last_backfill_event_at, event.time),
     )
     return _complete_backfill(view, event.time)
 
@@ -366,9 +312,9 @@ _SYNC_HANDLERS: dict[EventType, Callable[[SyncView, Envelope], SyncView]] = {
     EventType.SYNC_DISABLED: _disabled,
     EventType.SYNC_ENABLED: _enabled,
     EventType.SYNC_DELETED: _deleted,
-    EventType.RUN_STARTED: _run_started,
-    EventType.RUN_SUCCEEDED: _run_succeeded,
-    EventType.RUN_FAILED: _run_failed,
+    EventType.RUN_STARTED: run_started,
+    EventType.RUN_SUCCEEDED: run_succeeded,
+    EventType.RUN_FAILED: run_failed,
     EventType.CREDENTIAL_FAILED: _credential_failed,
     EventType.CREDENTIAL_RECOVERED: _credential_recovered,
     EventType.RATE_LIMITED: _rate_limited,

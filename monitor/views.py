@@ -160,6 +160,7 @@ class SyncView(_Model):
     known: bool = True  # False while only events before `sync.created` have been seen
     disabled_reason: str | None = None
     status_changed_at: datetime | None = None
+    status_seen_at: datetime | None = None  # the latest sync.enabled/disabled, changing or not
     last_event_at: datetime | None = None
     first_activity_at: datetime | None = None
     last_run: LastRun | None = None
@@ -174,6 +175,7 @@ class SyncView(_Model):
     runs_failed: int = 0
     credential_status: CredentialStatus = CredentialStatus.VALID
     credential_failed_at: datetime | None = None
+    credential_recovered_at: datetime | None = None
     credential_problem: CredentialProblem | None = None
     last_rate_limited_at: datetime | None = None
     retry_after_seconds: float | None = None

@@ -378,6 +378,20 @@ CASES: list[Case] = [
         {"status": SyncStatus.DISABLED, "status_changed_at": t(10), "updated_at": t(10)},
     ),
     Case(
+        "late_older_disable_after_an_enable_that_changed_nothing",
+        [created(), simple(EventType.SYNC_ENABLED, 7), simple(EventType.SYNC_DISABLED, 5)],
+        {"status": SyncStatus.ACTIVE, "status_changed_at": None},
+    ),
+    Case(
+        "late_older_enable_after_a_disable_that_changed_nothing",
+        [
+            created(status="disabled"),
+            simple(EventType.SYNC_DISABLED, 5),
+            simple(EventType.SYNC_ENABLED, 3),
+        ],
+        {"status": SyncStatus.DISABLED},
+    ),
+    Case(
         "late_disable_does_not_move_updated_at_back",
         [created(), updated({"name": "n"}, minute=20), simple(EventType.SYNC_DISABLED, 15)],
         {"status": SyncStatus.DISABLED, "status_changed_at": t(15), "updated_at": t(20)},
@@ -636,6 +650,29 @@ CASES: list[Case] = [
             simple(EventType.CREDENTIAL_RECOVERED, 5),
         ],
         {"credential_status": CredentialStatus.FAILED, "credential_failed_at": t(10)},
+    ),
+    Case(
+        "late_older_failure_neither_moves_the_failure_back_nor_lets_an_older_recovery_in",
+        [
+            created(),
+            simple(EventType.CREDENTIAL_FAILED, 5, http_status=401, message="new"),
+            simple(EventType.CREDENTIAL_FAILED, 3, http_status=403, message="old"),
+            simple(EventType.CREDENTIAL_RECOVERED, 4),
+        ],
+        {
+            "credential_status": CredentialStatus.FAILED,
+            "credential_failed_at": t(5),
+            "credential_problem.message": "new",
+        },
+    ),
+    Case(
+        "late_failure_from_before_the_latest_recovery_changes_nothing",
+        [
+            created(),
+            simple(EventType.CREDENTIAL_RECOVERED, 7),
+            simple(EventType.CREDENTIAL_FAILED, 5, http_status=401),
+        ],
+        {"credential_status": CredentialStatus.VALID, "credential_recovered_at": t(7)},
     ),
     # -- rate limiting --------------------------------------------------------------------
     Case(
@@ -1015,6 +1052,31 @@ def test_an_update_drops_a_stored_value_a_newer_rule_refuses() -> None:
     assert (new.name, new.org_id, new.sync_frequency) == ("new", "o2", "continuous")
     fixed = apply(legacy, updated({"sync_frequency": "4h"}, minute=2))
     assert isinstance(fixed, SyncView) and fixed.sync_frequency == "4h"
+
+
+def test_a_streak_stored_without_its_times_is_never_undercounted() -> None:
+    """Views stored before streaks kept times (3 failures, no times): failures they do not
+    have times for may be newer than a late one, so a late success keeps the count."""
+    view = apply(None, created())
+    assert isinstance(view, SyncView)
+    stored = view.model_copy(
+        update={"consecutive_failures": 3, "last_failure_at": t(30), "failures_at": ()}
+    )
+    after, _ = fold([run_failed(5, run_id="late"), run_succeeded(7, run_id="ok")], stored)
+    assert isinstance(after, SyncView)
+    assert after.consecutive_failures >= 3  # the 3 stored ones may all be after the success
+    fixed = apply(after, run_succeeded(31, run_id="ok2"))
+    assert isinstance(fixed, SyncView)
+    assert (fixed.consecutive_failures, fixed.failures_at, fixed.last_error) == (0, (), None)
+
+
+def test_a_streak_longer_than_its_kept_times_counts_exactly_past_its_oldest_kept() -> None:
+    failures = [run_failed(m, run_id=f"r{m}") for m in range(1, 13)]  # 12 in a row
+    view, _ = fold([created(), *failures])
+    assert isinstance(view, SyncView) and view.consecutive_failures == 12
+    assert view.failures_at == tuple(t(m) for m in range(3, 13))  # the newest 10
+    later, _ = fold([run_succeeded(8.5, run_id="late")], view)
+    assert isinstance(later, SyncView) and later.consecutive_failures == 4  # 9, 10, 11, 12
 
 
 def test_unknown_type_leaves_the_view_unchanged() -> None:
