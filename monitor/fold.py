@@ -76,12 +76,20 @@ def step(view: View | None, event: Envelope, at: Position | None = None) -> Step
         pview = view if isinstance(view, ProviderView) else ProviderView(name=event.subject)
         return Step(_record(_PROVIDER_HANDLERS[kind](pview, event), event, at), Outcome.APPLIED)
     sview = view if isinstance(view, SyncView) else None
-    if sview is not None and sview.deleted and kind is not EventType.SYNC_CREATED:
+    if sview is not None and _before_deletion(sview, kind, event.time):
         return Step(view, Outcome.IGNORED)
     if sview is None:
         sview = SyncView(id=event.subject, known=False)
     new = _SYNC_HANDLERS[kind](sview, event)
     return Step(_record(new, event, at), Outcome.APPLIED)
+
+
+def _before_deletion(view: SyncView, kind: EventType, time: datetime) -> bool:
+    """Events of a deleted sync, and those older than its deletion once it is created again
+    (late ones of the sync that was deleted, a late `sync.created` of it included)."""
+    if view.deleted_at is not None:
+        return kind is not EventType.SYNC_CREATED or time < view.deleted_at
+    return view.deleted_before is not None and time < view.deleted_before
 
 
 def _skip(applied: Applied, event: Envelope, at: Position | None) -> Outcome | None:
@@ -118,14 +126,24 @@ def _seed_fields(view: SyncView) -> dict[str, Any]:
 
 
 def _with_fields(
-    view: SyncView, fields: SyncFields, time: datetime, updated_at: datetime | None
+    view: SyncView,
+    fields: SyncFields,
+    time: datetime,
+    updated_at: datetime | None,
+    sets_status: bool = True,
 ) -> SyncView:
     values = {name: getattr(fields, name) for name in SEED_FIELDS}
     values["collection_ids"] = tuple(fields.collection_ids)
     values["credential"] = mask_secrets(fields.credential)
     values["created_at"] = fields.created_at or view.created_at or time
-    values["updated_at"] = updated_at or time
-    if fields.status is not view.status:
+    values["updated_at"] = updated_at or latest(view.updated_at, time)
+    if sets_status:
+        seen = _status_seen(view)
+        if seen is not None and time < seen:
+            values["status"] = view.status  # older than the latest status event: it stands
+        else:
+            values["status_seen_at"] = time
+    if values["status"] is not view.status:
         values["status_changed_at"] = time
         values["disabled_reason"] = None  # a reason belongs to the sync.disabled that set it
     return evolve(view, **values)
@@ -134,7 +152,7 @@ def _with_fields(
 def _created(view: SyncView, event: Envelope) -> SyncView:
     fields: SyncFields = _data(event)
     if view.deleted:
-        view = SyncView(id=view.id, applied=view.applied)
+        view = SyncView(id=view.id, applied=view.applied, deleted_before=view.deleted_at)
     view = evolve(view, known=True)
     view = _with_fields(view, fields, event.time, fields.updated_at)
     return _complete_backfill(view)
@@ -154,7 +172,8 @@ def _updated(view: SyncView, event: Envelope) -> SyncView:
         except ValidationError:
             return view
     updated_at = fields.updated_at if "updated_at" in patch else None
-    return _complete_backfill(_with_fields(view, fields, event.time, updated_at))
+    new = _with_fields(view, fields, event.time, updated_at, sets_status="status" in patch)
+    return _complete_backfill(new)
 
 
 def _disabled(view: SyncView, event: Envelope) -> SyncView:
@@ -169,7 +188,7 @@ def _enabled(view: SyncView, event: Envelope) -> SyncView:
 def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: datetime) -> SyncView:
     """A status change updates the sync, as a `sync.updated` of `status` does; one older than
     the last status event (changing or not), delivered late, changes nothing."""
-    seen = max((t for t in (view.status_changed_at, view.status_seen_at) if t), default=None)
+    seen = _status_seen(view)
     if seen is not None and time < seen:
         return view
     changed = view.status is not status
@@ -183,6 +202,11 @@ def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: da
             "updated_at": latest(view.updated_at, time) if changed else view.updated_at,
         },
     )
+
+
+def _status_seen(view: SyncView) -> datetime | None:
+    """The time of the latest event that set the status (changing it or not)."""
+    return max((t for t in (view.status_changed_at, view.status_seen_at) if t), default=None)
 
 
 def _deleted(view: SyncView, event: Envelope) -> SyncView:

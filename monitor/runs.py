@@ -21,9 +21,11 @@ def streak_after_failure(view: SyncView, time: datetime, error: RunError) -> dic
     succeeded = view.last_success_at
     if succeeded is not None and time < succeeded:
         return {}
-    failed = view.last_failure_at
-    times = list(view.failures_at)
-    insort(times, time)
+    failed, kept = view.last_failure_at, view.failures_at
+    times = list(kept)
+    untimed = view.consecutive_failures > len(kept) and len(kept) < STREAK_TIMES
+    if not untimed:  # else a streak stored before its times were kept: its times are unknown
+        insort(times, time)
     return {
         "consecutive_failures": view.consecutive_failures + 1,
         "failures_at": tuple(times[-STREAK_TIMES:]),

@@ -183,6 +183,7 @@ class SyncView(_Model):
     last_backfill_event_at: datetime | None = None
     backfill: dict[str, CollectionProgress] = Field(default_factory=dict)
     deleted_at: datetime | None = None
+    deleted_before: datetime | None = None  # created again: when the sync before it was deleted
 
     applied: Applied = Field(default_factory=Applied)
 

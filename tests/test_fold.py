@@ -392,6 +392,44 @@ CASES: list[Case] = [
         {"status": SyncStatus.DISABLED},
     ),
     Case(
+        "late_older_disable_after_an_update_of_status",
+        [created(), updated({"status": "active"}, minute=3), simple(EventType.SYNC_DISABLED, 2)],
+        {"status": SyncStatus.ACTIVE},
+    ),
+    Case(
+        "late_older_update_of_status_applies_all_but_the_status",
+        [
+            created(),
+            simple(EventType.SYNC_DISABLED, 2),
+            updated({"status": "active", "name": "n"}, minute=1),
+        ],
+        {"status": SyncStatus.DISABLED, "status_changed_at": t(2), "name": "n"},
+    ),
+    Case(
+        "late_created_after_a_disable_keeps_it_disabled",
+        [simple(EventType.SYNC_DISABLED, 2), created(minute=1)],
+        {"status": SyncStatus.DISABLED, "known": True},
+    ),
+    Case(
+        "late_events_of_a_deleted_sync_skip_the_one_created_again",
+        [
+            created(),
+            simple(EventType.SYNC_DISABLED, 2),
+            simple(EventType.SYNC_DELETED, 3),
+            created(minute=4),
+            simple(EventType.SYNC_DISABLED, 2.5),
+            simple(EventType.CREDENTIAL_FAILED, 2.5, http_status=401),
+        ],
+        {"status": SyncStatus.ACTIVE, "credential_status": CredentialStatus.VALID},
+        [A, A, A, A, IGN, IGN],
+    ),
+    Case(
+        "late_created_of_a_deleted_sync_does_not_bring_it_back",
+        [created(minute=1), simple(EventType.SYNC_DELETED, 5), created(minute=1)],
+        {"deleted": True},
+        [A, A, IGN],
+    ),
+    Case(
         "late_disable_does_not_move_updated_at_back",
         [created(), updated({"name": "n"}, minute=20), simple(EventType.SYNC_DISABLED, 15)],
         {"status": SyncStatus.DISABLED, "status_changed_at": t(15), "updated_at": t(20)},
@@ -1068,6 +1106,17 @@ def test_a_streak_stored_without_its_times_is_never_undercounted() -> None:
     fixed = apply(after, run_succeeded(31, run_id="ok2"))
     assert isinstance(fixed, SyncView)
     assert (fixed.consecutive_failures, fixed.failures_at, fixed.last_error) == (0, (), None)
+
+
+def test_a_stored_streak_stays_untimed_under_many_late_failures() -> None:
+    """Its one failure at 100 is unknown to `failures_at`: ten late older failures must not
+    make the kept times look complete, or a success at 50 would count 0 instead of 1."""
+    view = apply(None, created())
+    assert isinstance(view, SyncView)
+    stored = view.model_copy(update={"consecutive_failures": 1, "last_failure_at": t(100)})
+    late = [run_failed(m, run_id=f"r{m}") for m in range(1, 11)]
+    after, _ = fold([*late, run_succeeded(50, run_id="ok")], stored)
+    assert isinstance(after, SyncView) and after.consecutive_failures >= 1
 
 
 def test_a_streak_longer_than_its_kept_times_counts_exactly_past_its_oldest_kept() -> None:
