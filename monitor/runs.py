@@ -90,21 +90,26 @@ def run_started(view: SyncView, event: Envelope) -> SyncView:
     return activity(view, time, last_run=run)
 
 
+def _ended(view: SyncView, run_id: str, time: datetime, **outcome: Any) -> LastRun | None:
+    """The run to show once `run_id` ended at `time`: it, unless a newer one is shown."""
+    if not finishes(view.last_run, run_id, time):
+        return view.last_run
+    return evolve(run_of(view, run_id), finished_at=time, **outcome)
+
+
 def run_succeeded(view: SyncView, event: Envelope) -> SyncView:
     data: RunSucceeded = event.data  # type: ignore[attr-defined]
-    time, run = event.time, view.last_run
-    if finishes(run, data.run_id, time):
-        run = evolve(
-            run_of(view, data.run_id),
-            **{
-                "finished_at": time,
-                "succeeded": True,
-                "records_upserted": data.records_upserted,
-                "records_deleted": data.records_deleted,
-                "duration_ms": data.duration_ms,
-                "error": None,
-            },
-        )
+    time = event.time
+    run = _ended(
+        view,
+        data.run_id,
+        time,
+        succeeded=True,
+        records_upserted=data.records_upserted,
+        records_deleted=data.records_deleted,
+        duration_ms=data.duration_ms,
+        error=None,
+    )
     return activity(
         view,
         time,
@@ -117,12 +122,8 @@ def run_succeeded(view: SyncView, event: Envelope) -> SyncView:
 
 def run_failed(view: SyncView, event: Envelope) -> SyncView:
     data: RunFailed = event.data  # type: ignore[attr-defined]
-    time, run = event.time, view.last_run
-    if finishes(run, data.run_id, time):
-        run = evolve(
-            run_of(view, data.run_id),
-            **{"finished_at": time, "succeeded": False, "error": data.error},
-        )
+    time = event.time
+    run = _ended(view, data.run_id, time, succeeded=False, error=data.error)
     return activity(
         view,
         time,
