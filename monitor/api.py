@@ -41,7 +41,7 @@ from monitor.schemas import (
 )
 from monitor.settings import Settings
 from monitor.store.health import HealthViews
-from monitor.store.indexes import Indexes
+from monitor.store.indexes import HEALTH, Indexes, entries
 from monitor.store.providers import ProviderViews
 from monitor.store.syncs import SyncViews
 from monitor.views import ProviderView, SyncView
@@ -165,13 +165,8 @@ def contradicts(view: SyncView, filters: Mapping[str, str]) -> bool:
     `sync.updated` moved to another provider is missing from its new provider's health
     filter, and would be listed under its old one with the new provider in its body.
     """
-    own = {
-        "provider": view.provider,
-        "status": view.status.value,
-        "org_id": view.org_id,
-        "stream_id": view.stream_id,
-    }
-    return any(name in own and (own[name] or "") != value for name, value in filters.items())
+    own = dict(entries(view))  # the pairs the filter indexes hold for this view
+    return any((own.get(name) or "") != value for name, value in filters.items() if name != HEALTH)
 
 
 def list_syncs(rt: Runtime, filters: dict[str, str], limit: int, cursor: str | None) -> SyncPage:

@@ -206,7 +206,11 @@ def _set_status(view: SyncView, status: SyncStatus, reason: str | None, time: da
 
 def _status_seen(view: SyncView) -> datetime | None:
     """The time of the latest event that set the status (changing it or not)."""
-    return max((t for t in (view.status_changed_at, view.status_seen_at) if t), default=None)
+    return _newest(view.status_changed_at, view.status_seen_at)
+
+
+def _newest(*times: datetime | None) -> datetime | None:
+    return max((t for t in times if t is not None), default=None)
 
 
 def _deleted(view: SyncView, event: Envelope) -> SyncView:
@@ -217,9 +221,7 @@ def _credential_failed(view: SyncView, event: Envelope) -> SyncView:
     """The credential's state is that of its latest event by time: an older failure or
     recovery, delivered late, changes nothing."""
     data: CredentialFailed = _data(event)
-    seen = max(
-        (t for t in (view.credential_failed_at, view.credential_recovered_at) if t), default=None
-    )
+    seen = _newest(view.credential_failed_at, view.credential_recovered_at)
     if seen is not None and event.time < seen:
         return view
     return evolve(
